@@ -1,0 +1,5 @@
+"""``python -m vmkit``."""
+
+from vmkit.cli.main import main
+
+main()

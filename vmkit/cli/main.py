@@ -1,0 +1,60 @@
+"""The ``vmkit`` command: a click group whose commands live in one module per topic.
+
+Errors: a ``VmkitError`` is printed as one line (``--debug`` adds the traceback) and exits 1;
+click's usage errors exit 2; Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+
+import click
+from rich.console import Console
+
+from vmkit.errors import VmkitError
+
+err_console = Console(stderr=True, highlight=False)
+
+# Each module defines ``register(group)``; adding a topic is one line here.
+COMMAND_MODULES = [
+    "vmkit.cli.vm_cmds",
+]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(package_name="vmkit")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """vmkit: small Linux VMs with live shared folders and port forwards, Docker inside."""
+    ctx.obj = {"debug": debug}
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(_name).register(cli)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script and ``python -m vmkit``."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="vmkit", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except VmkitError as e:
+        if debug:
+            traceback.print_exc()
+        err_console.print(f"error: {e}", markup=False, soft_wrap=True)
+        sys.exit(1)
+    sys.exit(0)

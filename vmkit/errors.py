@@ -1,0 +1,228 @@
+"""Every error vmkit raises, in one tree.
+
+Each error carries a message that says what failed and a ``hint`` that says what to do about
+it. Third-party exceptions (paramiko, qemu.qmp, docker, subprocess) are translated where they
+are caught into the most specific class below and chained with ``from``.
+
+::
+
+    VmkitError
+    ├── InvalidInput                    bad name, port, path, size ... from the user
+    │   └── InvalidName
+    ├── NotFound
+    │   ├── VMNotFound
+    │   ├── BoxNotFound
+    │   ├── ShareNotFound
+    │   └── ForwardNotFound
+    ├── AlreadyExists
+    │   ├── VMExists
+    │   ├── ShareExists
+    │   └── ForwardExists
+    ├── StateError                      the VM is not in a state that allows the call
+    │   ├── VMNotRunning
+    │   ├── VMAmbiguous                 no VM named and several run
+    │   └── VMLocked                    another vmkit (or VirtualBox session) holds the VM
+    ├── PortInUse
+    ├── NotSupported                    the provider lacks the capability
+    ├── ToolError                       an external program
+    │   ├── ToolMissing
+    │   ├── CommandFailed               carries the whole Result
+    │   └── CommandTimeout
+    ├── ProviderError
+    │   ├── HardwareVirtualizationUnavailable
+    │   ├── QMPError
+    │   └── BootTimeout
+    ├── GuestError
+    │   ├── SSHError
+    │   │   └── HostKeyMismatch
+    │   ├── GuestCommandFailed
+    │   └── GuestModuleMissing
+    └── DockerError
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vmkit.runner import Result
+
+
+class VmkitError(Exception):
+    """Root of every vmkit error. ``str(err)`` is one line; ``err.hint`` says what to do."""
+
+    default_hint = ""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = self.default_hint if hint is None else hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message} ({self.hint})"
+        return self.message
+
+
+class InvalidInput(VmkitError):
+    """A value given by the user is not acceptable."""
+
+
+class InvalidName(InvalidInput):
+    """A VM, box or student name has characters vmkit cannot use."""
+
+
+class NotFound(VmkitError):
+    """Something named does not exist."""
+
+
+class VMNotFound(NotFound):
+    default_hint = "see `vmkit list` for the VMs that exist"
+
+
+class BoxNotFound(NotFound):
+    default_hint = "build it with `vmkit box build`"
+
+
+class ShareNotFound(NotFound):
+    default_hint = "see `vmkit shares` for what is shared"
+
+
+class ForwardNotFound(NotFound):
+    default_hint = "see `vmkit forwards` for what is forwarded"
+
+
+class AlreadyExists(VmkitError):
+    """Something with that name or key exists already."""
+
+
+class VMExists(AlreadyExists):
+    default_hint = "pick another name, or `vmkit destroy` the old VM first"
+
+
+class ShareExists(AlreadyExists):
+    pass
+
+
+class ForwardExists(AlreadyExists):
+    pass
+
+
+class StateError(VmkitError):
+    """The VM is not in a state that allows this call."""
+
+
+class VMNotRunning(StateError):
+    default_hint = "start it with `vmkit start NAME`"
+
+
+class VMAmbiguous(StateError):
+    default_hint = "name one with --vm NAME"
+
+
+class VMLocked(StateError):
+    default_hint = "wait for the other command to finish, then try again"
+
+
+class PortInUse(VmkitError):
+    default_hint = "pick another host port, or stop what is listening on it"
+
+
+class NotSupported(VmkitError):
+    """The provider or guest lacks a capability the call needs."""
+
+
+class ToolError(VmkitError):
+    """An external program could not be run or failed."""
+
+
+class ToolMissing(ToolError):
+    def __init__(self, program: str, *, package: str | None = None, hint: str | None = None):
+        if hint is None and package:
+            hint = f"install it, e.g. `apt-get install {package}`"
+        super().__init__(f"{program} is not installed or not on PATH", hint=hint)
+        self.program = program
+        self.package = package
+
+
+class CommandFailed(ToolError):
+    """A program exited non-zero and no known error text matched. Carries the ``Result``."""
+
+    def __init__(self, result: Result, *, message: str | None = None, hint: str | None = None):
+        super().__init__(message or _describe_failure(result), hint=hint)
+        self.result = result
+
+
+class CommandTimeout(ToolError):
+    def __init__(self, argv: list[str], timeout: float, *, hint: str | None = None) -> None:
+        super().__init__(f"`{_short(argv)}` did not finish within {timeout:g} s", hint=hint)
+        self.argv = argv
+        self.timeout = timeout
+
+
+class ProviderError(VmkitError):
+    """A hypervisor or VM manager refused or failed."""
+
+
+class HardwareVirtualizationUnavailable(ProviderError):
+    """VT-x / AMD-V is off, missing, or taken by another hypervisor."""
+
+
+class QMPError(ProviderError):
+    """QEMU's monitor refused a command; keeps what was sent and what came back."""
+
+    def __init__(self, message: str, *, sent: Any = None, received: Any = None, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.sent = sent
+        self.received = received
+
+
+class BootTimeout(ProviderError):
+    pass
+
+
+class GuestError(VmkitError):
+    """Something inside the guest failed."""
+
+
+class SSHError(GuestError):
+    pass
+
+
+class HostKeyMismatch(SSHError):
+    default_hint = (
+        "the guest presented a host key other than the one pinned for this VM; "
+        "if you rebuilt the guest on purpose, `vmkit attach` it again"
+    )
+
+
+class GuestCommandFailed(GuestError):
+    def __init__(self, argv: list[str], exit_code: int, stdout: str, stderr: str, *, hint: str | None = None):
+        tail = (stderr.strip() or stdout.strip()).splitlines()[-3:]
+        detail = ": " + " / ".join(tail) if tail else ""
+        super().__init__(f"`{_short(argv)}` failed in the guest (exit {exit_code}){detail}", hint=hint)
+        self.argv = argv
+        self.exit_code = exit_code
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class GuestModuleMissing(GuestError):
+    pass
+
+
+class DockerError(VmkitError):
+    """The Docker engine in the VM refused or failed."""
+
+
+def _short(argv: list[str], limit: int = 120) -> str:
+    import shlex
+
+    text = shlex.join(argv)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _describe_failure(result: Result) -> str:
+    tail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-3:]
+    detail = ": " + " / ".join(tail) if tail else ""
+    return f"`{_short(result.argv)}` exited {result.exit_code}{detail}"

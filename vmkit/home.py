@@ -1,0 +1,118 @@
+"""Where vmkit keeps things. Every file name of a VM's folder is defined here and nowhere else."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import attrs
+import platformdirs
+
+from vmkit.errors import InvalidName
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,38}$")
+
+
+def data_dir() -> Path:
+    """vmkit's data folder: ``$VMKIT_HOME`` if set, else the platform's user data dir."""
+    env = os.environ.get("VMKIT_HOME")
+    return Path(env) if env else Path(platformdirs.user_data_dir("vmkit"))
+
+
+def cache_dir() -> Path:
+    """Built boxes live here: ``$VMKIT_CACHE`` if set, else the platform's user cache dir."""
+    env = os.environ.get("VMKIT_CACHE")
+    return Path(env) if env else Path(platformdirs.user_cache_dir("vmkit"))
+
+
+def vms_dir() -> Path:
+    return data_dir() / "vms"
+
+
+def check_name(name: str, what: str = "VM name") -> str:
+    """Return ``name`` if it is a valid VM name, else raise ``InvalidName`` saying why."""
+    if not _NAME.match(name):
+        raise InvalidName(
+            f"{what} {name!r} is not valid",
+            hint="use 1-39 lowercase letters, digits and '-', starting with a letter or digit",
+        )
+    return name
+
+
+@attrs.frozen
+class InstanceFiles:
+    """The files of one VM's folder."""
+
+    dir: Path
+
+    @classmethod
+    def of(cls, name: str) -> InstanceFiles:
+        return cls(vms_dir() / check_name(name))
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    @property
+    def state(self) -> Path:
+        return self.dir / "vm.json"
+
+    @property
+    def lock(self) -> Path:
+        # Beside the folder, not in it, so destroy can remove the folder while holding the lock.
+        return self.dir.parent / f".{self.dir.name}.lock"
+
+    @property
+    def disk(self) -> Path:
+        return self.dir / "disk.qcow2"
+
+    @property
+    def seed(self) -> Path:
+        return self.dir / "seed.img"
+
+    @property
+    def client_key(self) -> Path:
+        return self.dir / "id_ed25519"
+
+    @property
+    def host_key(self) -> Path:
+        return self.dir / "ssh_host_ed25519_key"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.dir / "known_hosts"
+
+    @property
+    def qmp(self) -> Path:
+        return self.dir / "qmp.sock"
+
+    @property
+    def pid(self) -> Path:
+        return self.dir / "qemu.pid"
+
+    @property
+    def serial_log(self) -> Path:
+        return self.dir / "serial.log"
+
+    @property
+    def qemu_log(self) -> Path:
+        return self.dir / "qemu.log"
+
+    @property
+    def agent_pid(self) -> Path:
+        return self.dir / "agent.pid"
+
+    @property
+    def agent_log(self) -> Path:
+        return self.dir / "agent.log"
+
+    @property
+    def agent_sock(self) -> Path:
+        return self.dir / "agent.sock"
+
+    def virtiofs_sock(self, tag: str) -> Path:
+        return self.dir / f"virtiofs-{tag}.sock"
+
+    def virtiofs_log(self, tag: str) -> Path:
+        return self.dir / f"virtiofs-{tag}.log"

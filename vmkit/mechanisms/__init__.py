@@ -1,0 +1,1 @@
+"""Share and forward mechanisms, apart from providers: a provider says which it offers."""

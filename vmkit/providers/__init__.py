@@ -1,0 +1,1 @@
+"""Providers: the hypervisors and machine managers vmkit drives, each behind ``Provider``."""

@@ -1,0 +1,175 @@
+"""A VM's record on disk: what it is, how to reach it, and its desired shares and forwards.
+
+The record is JSON, written atomically (temp file + rename) under a per-VM file lock, so two
+vmkit commands on one VM never corrupt it and a crash leaves either the old or the new file.
+Running state is never cached here: providers read it from the real process each time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+from filelock import FileLock, Timeout
+
+from vmkit.errors import VMExists, VMLocked, VMNotFound
+from vmkit.home import InstanceFiles, check_name, vms_dir
+
+SCHEMA = 1
+
+
+@attrs.frozen
+class ShareSpec:
+    """A desired shared folder: host ``source`` appears in the guest at ``target``."""
+
+    source: str
+    target: str
+    readonly: bool = False
+    mechanism: str = ""  # chosen when applied; empty means "pick the best"
+    tag: str = ""  # mechanism-specific handle (virtio-fs tag, VirtualBox share name)
+
+
+@attrs.frozen
+class ForwardSpec:
+    """A desired port forward: ``host_ip:host_port`` on the host reaches ``guest_port`` in the guest."""
+
+    host_port: int
+    guest_port: int
+    proto: str = "tcp"
+    host_ip: str = "127.0.0.1"
+    mechanism: str = ""
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.proto, self.host_port)
+
+
+@attrs.frozen
+class SSHEndpoint:
+    """How to reach a guest's sshd; the host key is pinned, never learned on first use."""
+
+    host: str
+    port: int
+    user: str
+    key_file: str
+    host_key: str  # "ssh-ed25519 AAAA..." as in known_hosts, without the host column
+
+
+@attrs.define
+class VMRecord:
+    """What vmkit knows about one VM, persisted as ``vm.json`` in its folder."""
+
+    name: str
+    provider: str
+    box: str = ""
+    arch: str = "amd64"
+    cpus: int = 2
+    memory: int = 1024  # MiB
+    disk: int = 8  # GiB
+    ssh: SSHEndpoint | None = None
+    shares: list[ShareSpec] = attrs.Factory(list)
+    forwards: list[ForwardSpec] = attrs.Factory(list)
+    # Provider-specific values (QEMU's accelerator and SSH port, VirtualBox's VM UUID, ...).
+    extra: dict[str, Any] = attrs.Factory(dict)
+    schema: int = SCHEMA
+
+    @property
+    def files(self) -> InstanceFiles:
+        return InstanceFiles.of(self.name)
+
+    def to_json(self) -> str:
+        return json.dumps(attrs.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VMRecord:
+        d = dict(d)
+        ssh = d.pop("ssh", None)
+        shares = d.pop("shares", [])
+        forwards = d.pop("forwards", [])
+        known = {a.name for a in attrs.fields(cls)}
+        return cls(
+            ssh=SSHEndpoint(**ssh) if ssh else None,
+            shares=[ShareSpec(**s) for s in shares],
+            forwards=[ForwardSpec(**f) for f in forwards],
+            **{k: v for k, v in d.items() if k in known},
+        )
+
+
+def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new file, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def locked(name: str, timeout: float = 120.0) -> Iterator[None]:
+    """Hold the VM's file lock; raises ``VMLocked`` if another process keeps it past ``timeout``."""
+    files = InstanceFiles.of(name)
+    files.lock.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(files.lock), timeout=timeout)
+    try:
+        with lock:
+            yield
+    except Timeout as e:
+        raise VMLocked(f"VM {name!r} is busy: another vmkit command holds its lock") from e
+
+
+def exists(name: str) -> bool:
+    return InstanceFiles.of(name).dir.is_dir()
+
+
+def load(name: str) -> VMRecord:
+    """The record of VM ``name``; ``VMNotFound`` if there is none.
+
+    A folder without a readable record (a crash during create) still loads, as a bare record,
+    so that ``status`` can report it and ``destroy`` can clean it up.
+    """
+    files = InstanceFiles.of(name)
+    if not files.dir.is_dir():
+        raise VMNotFound(f"no VM named {name!r}")
+    try:
+        data = json.loads(files.state.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return VMRecord(name=name, provider="", extra={"incomplete": True})
+    return VMRecord.from_dict(data)
+
+
+def save(record: VMRecord) -> None:
+    atomic_write(record.files.state, record.to_json())
+
+
+def new_folder(name: str) -> InstanceFiles:
+    """Create the folder of a new VM; ``VMExists`` if the name is taken."""
+    check_name(name)
+    files = InstanceFiles.of(name)
+    files.dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        files.dir.mkdir(mode=0o700)
+    except FileExistsError as e:
+        raise VMExists(f"a VM named {name!r} exists already") from e
+    return files
+
+
+def names() -> list[str]:
+    """Names of all VMs with a folder, sorted."""
+    root = vms_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
