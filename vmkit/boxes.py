@@ -1,0 +1,698 @@
+"""Boxes: the base images VMs boot from, built from a recipe in ``boxes/NAME/`` into the cache.
+
+A built box is a folder ``cache_dir()/boxes/NAME/ARCH/`` holding ``vmlinuz``, ``initrd.img``,
+a compressed ``disk.qcow2`` (one ext4 filesystem, no partition table, labelled by the recipe)
+and ``manifest.json`` (sha256s, sizes, kernel command line, package versions, build time).
+The manifest is written last and the folder appears by one ``rename``, so a crash or Ctrl-C
+never leaves a half box that ``find`` accepts.
+
+The recipe is data: ``recipe.toml`` (packages, mirrors, image size, command line, kernel
+modules to keep), guest files under ``rootfs/`` and mmdebstrap hook scripts under ``hooks/``,
+which are the only shell code and get nothing but the new root as ``"$1"``. This module is the
+generic builder: mmdebstrap → trim kernel modules → ``mkfs.ext4 -d`` → ``qemu-img convert``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+from filelock import FileLock
+
+from vmkit import home
+from vmkit.errors import (
+    BoxBuildFailed,
+    BoxCorrupt,
+    BoxNotFound,
+    CommandFailed,
+    InvalidInput,
+    ToolMissing,
+)
+from vmkit.providers.base import Progress, no_progress
+from vmkit.runner import ErrorRule, run, which
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python < 3.11
+    import tomli as tomllib
+
+ARCHES = ("amd64", "i386")
+MANIFEST = "manifest.json"
+KERNEL = "vmlinuz"
+INITRD = "initrd.img"
+DISK = "disk.qcow2"
+#: Bumped when the layout of a built box changes; older boxes are reported as corrupt.
+FORMAT = 1
+
+_MERGED_USR_HOOKS = Path("/usr/share/mmdebstrap/hooks/merged-usr")
+
+_MMDEBSTRAP_RULES = [
+    ErrorRule.of(
+        r"Temporary failure resolving|Could not resolve|Failed to fetch|Unable to connect",
+        lambda r, m: BoxBuildFailed(
+            "mmdebstrap could not download Debian packages",
+            hint="check the network connection to deb.debian.org and try again",
+        ),
+    ),
+    ErrorRule.of(
+        r"File has unexpected size|Mirror sync in progress|Hash Sum mismatch",
+        lambda r, m: BoxBuildFailed(
+            "a Debian mirror served an index that is being updated",
+            hint="wait a few minutes and run `vmkit box build` again",
+        ),
+    ),
+    ErrorRule.of(
+        r"arch-test",
+        lambda r, m: ToolMissing("arch-test", package="arch-test"),
+    ),
+]
+
+
+def _is_mirror_hiccup(err: BoxBuildFailed) -> bool:
+    return "being updated" in err.message
+
+
+@attrs.frozen
+class Recipe:
+    """A box recipe read from ``boxes/NAME/recipe.toml``."""
+
+    name: str
+    dir: Path
+    version: int
+    description: str
+    suite: str
+    mirrors: tuple[str, ...]
+    variant: str
+    aptopts: tuple[str, ...]
+    image_size_mib: int
+    root_label: str
+    cmdline: str
+    packages: tuple[str, ...]
+    path_exclude: tuple[str, ...]
+    path_include: tuple[str, ...]
+    keep_modules: tuple[str, ...]
+    kernel_packages: Mapping[str, str]
+    disk_compression: str
+    sha256: str
+
+    @property
+    def hooks_dir(self) -> Path:
+        return self.dir / "hooks"
+
+    def packages_for(self, arch: str) -> list[str]:
+        """All packages to install for ``arch``: the common list plus its kernel."""
+        if arch not in self.kernel_packages:
+            known = ", ".join(sorted(self.kernel_packages))
+            raise InvalidInput(
+                f"box {self.name} has no recipe for architecture {arch!r}",
+                hint=f"use one of: {known}",
+            )
+        return [*self.packages, self.kernel_packages[arch]]
+
+
+@attrs.frozen
+class Box:
+    """A built box in the cache."""
+
+    name: str
+    arch: str
+    dir: Path
+    kernel: Path
+    initrd: Path
+    disk: Path
+    manifest: dict[str, Any] = attrs.field(eq=False, hash=False)
+
+    @property
+    def cmdline(self) -> str:
+        """The kernel command line the box boots with (direct kernel boot)."""
+        return str(self.manifest["cmdline"])
+
+    @property
+    def root_label(self) -> str:
+        return str(self.manifest["root_label"])
+
+
+def recipes_dir() -> Path:
+    """The repository's ``boxes/`` folder, where recipes live."""
+    path = Path(__file__).resolve().parent.parent / "boxes"
+    if not path.is_dir():
+        raise BoxNotFound(
+            f"the box recipes folder {path} does not exist",
+            hint="box recipes ship with the vmkit source tree; build boxes from a git checkout",
+        )
+    return path
+
+
+def box_dir(name: str, arch: str) -> Path:
+    """Where the box ``name`` for ``arch`` lives once built."""
+    return home.cache_dir() / "boxes" / home.check_name(name, "box name") / _check_arch(arch)
+
+
+def _check_arch(arch: str) -> str:
+    if arch not in ARCHES:
+        raise InvalidInput(
+            f"unknown architecture {arch!r}", hint=f"use one of: {', '.join(ARCHES)}"
+        )
+    return arch
+
+
+# --- recipes ---------------------------------------------------------------------------------
+
+
+def load_recipe(name: str) -> Recipe:
+    """Read and check ``boxes/NAME/recipe.toml``."""
+    home.check_name(name, "box name")
+    base = recipes_dir()
+    folder = base / name
+    path = folder / "recipe.toml"
+    if not path.is_file():
+        known = sorted(p.name for p in base.iterdir() if (p / "recipe.toml").is_file())
+        raise BoxNotFound(
+            f"there is no box recipe named {name!r}",
+            hint=f"known recipes: {', '.join(known) or 'none'}",
+        )
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise InvalidInput(f"{path} is not valid TOML: {e}", hint="fix the recipe file") from e
+    return parse_recipe(data, folder)
+
+
+def parse_recipe(data: Mapping[str, Any], folder: Path) -> Recipe:
+    """Check the fields of a parsed recipe and build a ``Recipe``; ``folder`` holds its files."""
+    where = folder / "recipe.toml"
+
+    def bad(key: str, what: str) -> InvalidInput:
+        return InvalidInput(f"{where}: {key!r} {what}", hint="fix the recipe file")
+
+    def get_str(key: str, default: str | None = None) -> str:
+        value = data.get(key, default)
+        if not isinstance(value, str) or not value:
+            raise bad(key, "must be a non-empty string")
+        return value
+
+    def get_int(key: str) -> int:
+        value = data.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise bad(key, "must be a positive integer")
+        return value
+
+    def get_list(key: str, *, required: bool = True) -> tuple[str, ...]:
+        value = data.get(key, None if required else [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise bad(key, "must be a list of non-empty strings")
+        if required and not value:
+            raise bad(key, "must not be empty")
+        return tuple(value)
+
+    arches = data.get("arch")
+    if not isinstance(arches, dict) or not arches:
+        raise bad("arch", "must have at least one [arch.NAME] table")
+    kernels: dict[str, str] = {}
+    for arch, table in arches.items():
+        if arch not in ARCHES:
+            raise bad(f"arch.{arch}", f"is not a known architecture ({', '.join(ARCHES)})")
+        kernel = table.get("kernel_package") if isinstance(table, dict) else None
+        if not isinstance(kernel, str) or not kernel:
+            raise bad(f"arch.{arch}.kernel_package", "must be a non-empty string")
+        kernels[arch] = kernel
+
+    name = get_str("name")
+    if name != folder.name:
+        raise bad("name", f"is {name!r} but the folder is {folder.name!r}")
+    label = get_str("root_label")
+    if len(label) > 16:
+        raise bad("root_label", "must be at most 16 characters (an ext4 label)")
+    cmdline = get_str("cmdline")
+    if f"root=LABEL={label}" not in cmdline.split():
+        raise bad("cmdline", f"must contain root=LABEL={label}")
+    compression = get_str("disk_compression", "zstd")
+    if compression not in ("zstd", "zlib"):
+        raise bad("disk_compression", "must be 'zstd' or 'zlib'")
+    packages = get_list("packages")
+    for pkg in (*packages, *kernels.values()):
+        # Package names go into one comma-separated mmdebstrap argument.
+        if "," in pkg or " " in pkg:
+            raise bad("packages", f"has an invalid package name {pkg!r}")
+
+    return Recipe(
+        name=name,
+        dir=folder,
+        version=get_int("version"),
+        description=get_str("description"),
+        suite=get_str("suite"),
+        mirrors=get_list("mirrors"),
+        variant=get_str("variant"),
+        aptopts=get_list("aptopts", required=False),
+        image_size_mib=get_int("image_size_mib"),
+        root_label=label,
+        cmdline=cmdline,
+        packages=packages,
+        path_exclude=get_list("path_exclude", required=False),
+        path_include=get_list("path_include", required=False),
+        keep_modules=get_list("keep_modules"),
+        kernel_packages=kernels,
+        disk_compression=compression,
+        sha256=recipe_digest(folder),
+    )
+
+
+def recipe_digest(folder: Path) -> str:
+    """A sha256 over every file of a recipe folder (path, executable bit, content)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        h.update(rel.encode() + b"\0" + (b"x" if os.access(path, os.X_OK) else b"-") + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+# --- finding, listing, removing, verifying -------------------------------------------------
+
+
+def find(name: str = "vmkit-mini", arch: str = "amd64") -> Box:
+    """The built box ``name`` for ``arch``, or ``BoxNotFound`` saying how to build it."""
+    folder = box_dir(name, arch)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise BoxNotFound(
+            f"box {name} ({arch}) is not built",
+            hint=f"build it with `vmkit box build {name} --arch {arch}` (as root)",
+        )
+    return _load(folder, name, arch)
+
+
+def _load(folder: Path, name: str, arch: str) -> Box:
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise BoxCorrupt(f"the manifest of box {name} ({arch}) in {folder} is unreadable") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BoxCorrupt(f"box {name} ({arch}) in {folder} was built by another vmkit version")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(k in files for k in (KERNEL, INITRD, DISK)):
+        raise BoxCorrupt(f"the manifest of box {name} ({arch}) in {folder} lists no files")
+    for key in (KERNEL, INITRD, DISK):
+        if not (folder / key).is_file():
+            raise BoxCorrupt(f"box {name} ({arch}) in {folder} has no {key}")
+    return Box(
+        name=name,
+        arch=arch,
+        dir=folder,
+        kernel=folder / KERNEL,
+        initrd=folder / INITRD,
+        disk=folder / DISK,
+        manifest=manifest,
+    )
+
+
+def list_boxes() -> list[Box]:
+    """Every built box in the cache (folders without a valid manifest are skipped)."""
+    root = home.cache_dir() / "boxes"
+    boxes: list[Box] = []
+    if not root.is_dir():
+        return boxes
+    for name_dir in sorted(root.iterdir()):
+        if name_dir.name.startswith(".") or not name_dir.is_dir():
+            continue
+        for arch_dir in sorted(name_dir.iterdir()):
+            if arch_dir.name not in ARCHES or not (arch_dir / MANIFEST).is_file():
+                continue
+            try:
+                boxes.append(_load(arch_dir, name_dir.name, arch_dir.name))
+            except BoxCorrupt:
+                continue
+    return boxes
+
+
+def remove(name: str, arch: str) -> None:
+    """Delete a built box from the cache (VMs made from it keep working only if not running)."""
+    folder = box_dir(name, arch)
+    with _lock(folder):
+        if not folder.exists():
+            raise BoxNotFound(f"box {name} ({arch}) is not built", hint="see `vmkit box list`")
+        trash = folder.with_name(f".{arch}.old-{os.getpid()}")
+        os.rename(folder, trash)
+        shutil.rmtree(trash)
+
+
+def verify(box: Box) -> None:
+    """Check every file of ``box`` against the sha256 and size in its manifest."""
+    for key, path in ((KERNEL, box.kernel), (INITRD, box.initrd), (DISK, box.disk)):
+        expected = box.manifest["files"][key]
+        if not path.is_file():
+            raise BoxCorrupt(f"box {box.name} ({box.arch}) has no {key} in {box.dir}")
+        if path.stat().st_size != expected["size"] or sha256_file(path) != expected["sha256"]:
+            raise BoxCorrupt(f"{path} of box {box.name} ({box.arch}) does not match its manifest")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --- building --------------------------------------------------------------------------------
+
+
+def ensure(
+    name: str = "vmkit-mini", arch: str = "amd64", *, progress: Progress = no_progress
+) -> Box:
+    """The built box, building it first if the cache has none."""
+    try:
+        return find(name, arch)
+    except BoxNotFound:
+        return build(name, arch, progress=progress)
+
+
+def build(
+    name: str = "vmkit-mini",
+    arch: str = "amd64",
+    *,
+    progress: Progress = no_progress,
+    force: bool = False,
+) -> Box:
+    """Build box ``name`` for ``arch`` from its recipe into the cache (kept if built, unless force).
+
+    Needs root (mmdebstrap --mode=root) and mmdebstrap, e2fsprogs and qemu-utils; a foreign
+    architecture also needs arch-test. Takes one to three minutes and ~1.5 GB of scratch space.
+    """
+    _check_arch(arch)
+    recipe = load_recipe(name)
+    recipe.packages_for(arch)
+    folder = box_dir(name, arch)
+    if not force:
+        try:
+            return find(name, arch)
+        except BoxNotFound:
+            pass
+    tools = _preflight(arch)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(folder):
+        if not force and (folder / MANIFEST).is_file():
+            return find(name, arch)
+        _remove_leftovers(folder)
+        work = Path(tempfile.mkdtemp(prefix=f".{arch}.build-", dir=folder.parent))
+        try:
+            _build_into(work, recipe, arch, tools, progress)
+            _publish(work, folder)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+    return find(name, arch)
+
+
+@attrs.frozen
+class _Tools:
+    mmdebstrap: str
+    mkfs: str
+    qemu_img: str
+    chroot: str
+
+
+def _host_arch() -> str:
+    machine = platform.machine().lower()
+    return {"x86_64": "amd64", "amd64": "amd64", "i686": "i386", "i386": "i386"}.get(
+        machine, machine
+    )
+
+
+def _preflight(arch: str) -> _Tools:
+    if sys.platform != "linux":
+        raise BoxBuildFailed(
+            "boxes can only be built on Linux",
+            hint="build the box on a Debian/Ubuntu machine and copy the cache folder",
+        )
+    tools = _Tools(
+        mmdebstrap=which("mmdebstrap"),
+        mkfs=which("mkfs.ext4"),
+        qemu_img=which("qemu-img"),
+        chroot=which("chroot", package="coreutils"),
+    )
+    if arch != _host_arch():
+        which("arch-test")
+    if os.geteuid() != 0:
+        raise BoxBuildFailed(
+            "building a box needs root (mmdebstrap --mode=root installs packages as root)",
+            hint="run `sudo vmkit box build` and point VMKIT_CACHE at a folder you can read",
+        )
+    return tools
+
+
+def _lock(folder: Path) -> FileLock:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder.with_name(f".{folder.name}.lock")))
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Delete build and trash folders a crashed build left beside ``folder`` (lock held)."""
+    for pattern in (f".{folder.name}.build-*", f".{folder.name}.old-*"):
+        for leftover in folder.parent.glob(pattern):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _publish(work: Path, folder: Path) -> None:
+    """Put the finished box in place with renames, replacing an older build of it."""
+    old: Path | None = None
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        os.rename(folder, old)
+    os.rename(work, folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _build_into(work: Path, recipe: Recipe, arch: str, tools: _Tools, progress: Progress) -> None:
+    started = time.monotonic()
+    rootfs = work / "rootfs"
+    raw = work / "disk.raw"
+
+    progress(f"installing Debian {recipe.suite} packages with mmdebstrap (1-3 min)")
+    t0 = time.monotonic()
+    _mmdebstrap(recipe, arch, rootfs, tools)
+    t_debootstrap = time.monotonic() - t0
+
+    version = _kernel_version(rootfs)
+    progress(f"keeping the kernel modules the box needs ({version}, a few seconds)")
+    kept, dropped = trim_modules(rootfs / "lib" / "modules" / version, recipe.keep_modules)
+    run([tools.chroot, str(rootfs), "depmod", "-a", version], timeout=300)
+
+    boot = rootfs / "boot"
+    shutil.copyfile(boot / f"vmlinuz-{version}", work / KERNEL)
+    shutil.copyfile(boot / f"initrd.img-{version}", work / INITRD)
+    packages = installed_packages(rootfs / "var" / "lib" / "dpkg" / "status")
+    content_bytes = _tree_size(rootfs)
+
+    progress(f"making the {recipe.image_size_mib} MiB ext4 root filesystem (10-30 s)")
+    t0 = time.monotonic()
+    run(
+        [
+            tools.mkfs,
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-L",
+            recipe.root_label,
+            "-m",
+            "1",
+            # Zeroed inode tables now (sparse, free in the qcow2) rather than lazily by every
+            # VM's kernel, which would write them into each overlay.
+            "-E",
+            "lazy_itable_init=0,lazy_journal_init=0,root_owner=0:0",
+            "-d",
+            str(rootfs),
+            str(raw),
+            f"{recipe.image_size_mib}M",
+        ],
+        timeout=900,
+    )
+    t_mkfs = time.monotonic() - t0
+    shutil.rmtree(rootfs)
+
+    progress(f"compressing the disk image to qcow2 with {recipe.disk_compression} (20-60 s)")
+    t0 = time.monotonic()
+    run(
+        [
+            tools.qemu_img,
+            "convert",
+            "-c",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "-o",
+            f"compression_type={recipe.disk_compression}",
+            str(raw),
+            str(work / DISK),
+        ],
+        timeout=1800,
+    )
+    t_convert = time.monotonic() - t0
+    raw.unlink()
+
+    progress("writing the manifest")
+    files = {
+        key: {"sha256": sha256_file(work / key), "size": (work / key).stat().st_size}
+        for key in (KERNEL, INITRD, DISK)
+    }
+    files[DISK]["virtual_size"] = recipe.image_size_mib * 1024 * 1024
+    manifest = {
+        "format": FORMAT,
+        "name": recipe.name,
+        "arch": arch,
+        "recipe_version": recipe.version,
+        "recipe_sha256": recipe.sha256,
+        "description": recipe.description,
+        "suite": recipe.suite,
+        "kernel_version": version,
+        "cmdline": recipe.cmdline,
+        "root_label": recipe.root_label,
+        "disk_compression": recipe.disk_compression,
+        "files": files,
+        "content_bytes": content_bytes,
+        "modules": {"kept": kept, "dropped": dropped},
+        "packages": packages,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "build_seconds": {
+            "total": round(time.monotonic() - started, 1),
+            "mmdebstrap": round(t_debootstrap, 1),
+            "mkfs": round(t_mkfs, 1),
+            "convert": round(t_convert, 1),
+        },
+    }
+    (work / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    # Built as root, used by whoever VMKIT_CACHE is shared with: readable, not writable.
+    for path in work.iterdir():
+        path.chmod(0o644)
+    work.chmod(0o755)
+
+
+def _mmdebstrap(recipe: Recipe, arch: str, rootfs: Path, tools: _Tools) -> None:
+    argv = [
+        tools.mmdebstrap,
+        "--mode=root",
+        f"--variant={recipe.variant}",
+        f"--arch={arch}",
+        "--include=" + ",".join(recipe.packages_for(arch)),
+        *(f"--aptopt={o}" for o in recipe.aptopts),
+        *(f"--dpkgopt=path-exclude={p}" for p in recipe.path_exclude),
+        *(f"--dpkgopt=path-include={p}" for p in recipe.path_include),
+    ]
+    if _MERGED_USR_HOOKS.is_dir():
+        # Sets up merged /usr itself, so the usrmerge package (and perl with it) stays out.
+        argv.append(f"--hook-dir={_MERGED_USR_HOOKS}")
+    if recipe.hooks_dir.is_dir():
+        argv.append(f"--hook-dir={recipe.hooks_dir}")
+    argv += [recipe.suite, str(rootfs), *recipe.mirrors]
+    for attempt in (1, 2):
+        try:
+            run(argv, timeout=1800, rules=_MMDEBSTRAP_RULES)
+            return
+        except BoxBuildFailed as e:
+            if attempt == 2 or not _is_mirror_hiccup(e):
+                raise
+            shutil.rmtree(rootfs, ignore_errors=True)
+            time.sleep(20)
+        except CommandFailed as e:
+            raise BoxBuildFailed(
+                f"mmdebstrap failed (exit {e.result.exit_code}): {e.message}",
+                hint="run `vmkit --debug box build` to see its output",
+            ) from e
+
+
+def _kernel_version(rootfs: Path) -> str:
+    kernels = sorted((rootfs / "boot").glob("vmlinuz-*"))
+    if len(kernels) != 1:
+        raise BoxBuildFailed(
+            f"expected one kernel in the new tree's /boot, found {len(kernels)}",
+            hint="check the recipe's kernel_package",
+        )
+    version = kernels[0].name[len("vmlinuz-") :]
+    if not (rootfs / "boot" / f"initrd.img-{version}").is_file():
+        raise BoxBuildFailed(
+            f"the kernel {version} has no initramfs",
+            hint="the recipe must install initramfs-tools",
+        )
+    return version
+
+
+def trim_modules(moddir: Path, keep: tuple[str, ...] | list[str]) -> tuple[int, int]:
+    """Delete the modules under ``moddir/kernel`` not matched by a ``keep`` prefix or needed
+    by a kept one (per ``modules.dep``); return (kept, dropped) counts. Run depmod after."""
+    dep_file = moddir / "modules.dep"
+    deps: dict[str, list[str]] = {}
+    if dep_file.is_file():
+        for line in dep_file.read_text().splitlines():
+            mod, _, rest = line.partition(":")
+            deps[mod.strip()] = rest.split()
+    prefixes = tuple(("kernel/" + p.strip("/")) for p in keep)
+    all_mods = [p.relative_to(moddir).as_posix() for p in _module_files(moddir / "kernel")]
+
+    def wanted(rel: str) -> bool:
+        return any(rel == p or rel.startswith(p + "/") or _stem(rel) == p for p in prefixes)
+
+    keep_set = {m for m in all_mods if wanted(m)}
+    todo = list(keep_set)
+    while todo:
+        for dep in deps.get(todo.pop(), []):
+            if dep not in keep_set:
+                keep_set.add(dep)
+                todo.append(dep)
+    dropped = 0
+    for rel in all_mods:
+        if rel not in keep_set:
+            (moddir / rel).unlink()
+            dropped += 1
+    for folder in sorted((p for p in (moddir / "kernel").rglob("*") if p.is_dir()), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    return len(all_mods) - dropped, dropped
+
+
+def _module_files(root: Path) -> Iterator[Path]:
+    return (p for p in root.rglob("*") if p.is_file() and ".ko" in p.name)
+
+
+def _stem(rel: str) -> str:
+    # "kernel/fs/fuse/fuse.ko.xz" matches a keep entry "kernel/fs/fuse/fuse.ko".
+    return rel[: rel.index(".ko") + 3] if ".ko" in rel else rel
+
+
+def installed_packages(status: Path) -> dict[str, str]:
+    """``{package: version}`` of what dpkg's status file says is installed."""
+    out: dict[str, str] = {}
+    for stanza in status.read_text(encoding="utf-8", errors="replace").split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in stanza.splitlines():
+            if line and not line[0].isspace() and ":" in line:
+                key, _, value = line.partition(":")
+                fields[key] = value.strip()
+        if fields.get("Status", "").endswith(" installed") and "Package" in fields:
+            arch = fields.get("Architecture", "")
+            name = fields["Package"]
+            if arch not in ("", "all") and name in out:
+                name = f"{name}:{arch}"
+            out[name] = fields.get("Version", "")
+    return dict(sorted(out.items()))
+
+
+def _tree_size(root: Path) -> int:
+    total = 0
+    for dirpath, _dirs, names in os.walk(root):
+        for n in names:
+            st = os.lstat(os.path.join(dirpath, n))
+            total += st.st_size
+    return total
