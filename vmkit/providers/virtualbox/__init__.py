@@ -1,0 +1,9 @@
+"""Oracle VirtualBox through VBoxManage: provider, parsers, error table, discovery."""
+
+from __future__ import annotations
+
+from vmkit.providers.virtualbox.backend import backend
+from vmkit.providers.virtualbox.provider import AdoptedVM, VirtualBoxProvider, vbox_name
+from vmkit.providers.virtualbox.vboxmanage import VBoxManage
+
+__all__ = ["AdoptedVM", "VBoxManage", "VirtualBoxProvider", "backend", "vbox_name"]
