@@ -32,6 +32,9 @@ are caught into the most specific class below and chained with ``from``.
     │   ├── HardwareVirtualizationUnavailable
     │   ├── QMPError
     │   └── BootTimeout
+    ├── BoxError                        building or reading a box
+    │   ├── BoxCorrupt
+    │   └── BoxBuildFailed
     ├── GuestError
     │   ├── SSHError
     │   │   └── HostKeyMismatch
@@ -171,7 +174,9 @@ class HardwareVirtualizationUnavailable(ProviderError):
 class QMPError(ProviderError):
     """QEMU's monitor refused a command; keeps what was sent and what came back."""
 
-    def __init__(self, message: str, *, sent: Any = None, received: Any = None, hint: str | None = None):
+    def __init__(
+        self, message: str, *, sent: Any = None, received: Any = None, hint: str | None = None
+    ):
         super().__init__(message, hint=hint)
         self.sent = sent
         self.received = received
@@ -179,6 +184,18 @@ class QMPError(ProviderError):
 
 class BootTimeout(ProviderError):
     pass
+
+
+class BoxError(VmkitError):
+    """Building or reading a box (kernel, initrd, disk image) failed."""
+
+
+class BoxCorrupt(BoxError):
+    default_hint = "rebuild it with `vmkit box build NAME --arch ARCH --force`"
+
+
+class BoxBuildFailed(BoxError):
+    """A box build step failed; the half-built box was removed."""
 
 
 class GuestError(VmkitError):
@@ -197,10 +214,14 @@ class HostKeyMismatch(SSHError):
 
 
 class GuestCommandFailed(GuestError):
-    def __init__(self, argv: list[str], exit_code: int, stdout: str, stderr: str, *, hint: str | None = None):
+    def __init__(
+        self, argv: list[str], exit_code: int, stdout: str, stderr: str, *, hint: str | None = None
+    ):
         tail = (stderr.strip() or stdout.strip()).splitlines()[-3:]
         detail = ": " + " / ".join(tail) if tail else ""
-        super().__init__(f"`{_short(argv)}` failed in the guest (exit {exit_code}){detail}", hint=hint)
+        super().__init__(
+            f"`{_short(argv)}` failed in the guest (exit {exit_code}){detail}", hint=hint
+        )
         self.argv = argv
         self.exit_code = exit_code
         self.stdout = stdout

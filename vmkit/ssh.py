@@ -24,7 +24,9 @@ from vmkit.state import SSHEndpoint
 class _PinnedHostKey(paramiko.MissingHostKeyPolicy):
     """Refuses every key not already in the client's host keys (they hold only the pinned one)."""
 
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
         raise HostKeyMismatch(f"{hostname} presented an unexpected {key.get_name()} host key")
 
 
@@ -68,7 +70,9 @@ class SSHSession:
             raise
         except paramiko.BadHostKeyException as e:
             client.close()
-            raise HostKeyMismatch(f"{ep.host}:{ep.port} presented a host key other than the pinned one") from e
+            raise HostKeyMismatch(
+                f"{ep.host}:{ep.port} presented a host key other than the pinned one"
+            ) from e
         except paramiko.AuthenticationException as e:
             client.close()
             raise SSHError(
@@ -77,7 +81,9 @@ class SSHSession:
             ) from e
         except (paramiko.SSHException, OSError, EOFError) as e:
             client.close()
-            raise SSHError(f"cannot connect to SSH at {ep.host}:{ep.port}: {e or type(e).__name__}") from e
+            raise SSHError(
+                f"cannot connect to SSH at {ep.host}:{ep.port}: {e or type(e).__name__}"
+            ) from e
         transport = client.get_transport()
         if transport is not None:
             transport.set_keepalive(15)
@@ -143,10 +149,18 @@ class SSHSession:
             code = chan.recv_exit_status()
             chan.close()
         except socket.timeout as e:
-            raise SSHError(f"`{shlex.join(args)[:100]}` did not finish within {timeout:g} s in the guest") from e
+            raise SSHError(
+                f"`{shlex.join(args)[:100]}` did not finish within {timeout:g} s in the guest"
+            ) from e
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise SSHError(f"SSH failed while running `{shlex.join(args)[:100]}`: {e}") from e
-        result = Result(args, code, out.decode(errors="replace"), err.decode(errors="replace"), time.monotonic() - started)
+        result = Result(
+            args,
+            code,
+            out.decode(errors="replace"),
+            err.decode(errors="replace"),
+            time.monotonic() - started,
+        )
         if check and code != 0:
             raise GuestCommandFailed(args, code, result.stdout, result.stderr, hint=hint)
         return result

@@ -11,15 +11,14 @@ import sys
 import traceback
 
 import click
-from rich.console import Console
 
+from vmkit.cli.render import err_console
 from vmkit.errors import VmkitError
-
-err_console = Console(stderr=True, highlight=False)
 
 # Each module defines ``register(group)``; adding a topic is one line here.
 COMMAND_MODULES = [
     "vmkit.cli.vm_cmds",
+    "vmkit.cli.share_cmds",
 ]
 
 

@@ -2,8 +2,188 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import click
+from rich.table import Table
+
+import vmkit.vm as api
+from vmkit import state
+from vmkit.cli.render import console, progress_printer, state_text
+from vmkit.home import check_name
+from vmkit.providers.base import Progress
+from vmkit.runner import which
 
 
 def register(group: click.Group) -> None:
     """Add this module's commands to ``group``."""
+    for cmd in (up, create, start, stop, destroy, status, list_cmd, ssh):
+        group.add_command(cmd)
+
+
+def _create_options(f: click.decorators.FC) -> click.decorators.FC:
+    f = click.option(
+        "--box", default="vmkit-mini", show_default=True, help="Box to make the VM from."
+    )(f)
+    f = click.option(
+        "--arch", type=click.Choice(["amd64", "i386"]), default="amd64", show_default=True
+    )(f)
+    f = click.option("--cpus", type=int, default=2, show_default=True)(f)
+    f = click.option("--memory", type=int, default=1024, show_default=True, help="MiB of RAM.")(f)
+    f = click.option("--disk", type=int, default=8, show_default=True, help="GiB of disk.")(f)
+    f = click.option("--provider", default="qemu", show_default=True, help="qemu or virtualbox.")(f)
+    return f
+
+
+@click.command()
+@click.argument("name", default=api.DEFAULT_NAME)
+@_create_options
+def up(name: str, box: str, arch: str, cpus: int, memory: int, disk: int, provider: str) -> None:
+    """Create NAME if needed, start it, and wait until SSH and Docker answer."""
+    show = progress_printer()
+    if not state.exists(check_name(name)):
+        vm = _create(name, box, arch, cpus, memory, disk, provider, show)
+    else:
+        vm = api.get(name)
+    vm.start(progress=show)
+    ep = vm.record.ssh
+    assert ep is not None
+    console.print(f"[green]✓[/] VM [bold]{name}[/] is running; SSH on 127.0.0.1:{ep.port}")
+    console.print(f"  shell:   python -m vmkit ssh {name}")
+    console.print(f"  share:   python -m vmkit share PATH --vm {name}")
+    console.print(f"  forward: python -m vmkit forward PORT --vm {name}")
+
+
+def _create(
+    name: str, box: str, arch: str, cpus: int, memory: int, disk: int, provider: str, show: Progress
+) -> api.VM:
+    from vmkit.fallback import choose
+    from vmkit.hostvirt import detect, notice
+
+    hav = detect()
+    plan = choose(provider, hav, _vbox_version() if provider == "virtualbox" else None)
+    if not hav.usable:
+        console.print(f"[yellow]![/] {notice(hav)}", soft_wrap=True)
+    if (plan.provider, plan.arch) != (provider, arch):
+        console.print(f"[yellow]![/] {plan.reason}", soft_wrap=True)
+    return api.create(
+        name,
+        box=box,
+        arch=plan.arch,
+        cpus=cpus,
+        memory=memory,
+        disk=disk,
+        provider=plan.provider,
+        accel=plan.accel if plan.provider == "qemu" else None,
+        progress=show,
+    )
+
+
+def _vbox_version() -> tuple[int, int, int] | None:
+    from vmkit.errors import ToolMissing
+    from vmkit.providers.virtualbox import discover
+
+    try:
+        return discover.version()
+    except ToolMissing:
+        return None
+
+
+@click.command()
+@click.argument("name")
+@_create_options
+def create(
+    name: str, box: str, arch: str, cpus: int, memory: int, disk: int, provider: str
+) -> None:
+    """Create VM NAME from a box (building the box first if needed); does not start it."""
+    _create(name, box, arch, cpus, memory, disk, provider, progress_printer())
+    console.print(
+        f"[green]✓[/] created VM [bold]{name}[/]; start it with `python -m vmkit start {name}`"
+    )
+
+
+@click.command()
+@click.argument("name", default=api.DEFAULT_NAME)
+def start(name: str) -> None:
+    """Start VM NAME and wait until SSH and Docker answer."""
+    vm = api.get(name)
+    vm.start(progress=progress_printer())
+    console.print(f"[green]✓[/] VM [bold]{name}[/] is running")
+
+
+@click.command()
+@click.argument("name", default=api.DEFAULT_NAME)
+@click.option(
+    "--timeout", type=float, default=60, show_default=True, help="Seconds before forcing it off."
+)
+@click.option("--force", is_flag=True, help="Power off at once.")
+def stop(name: str, timeout: float, force: bool) -> None:
+    """Stop VM NAME: gracefully, then forced after --timeout seconds."""
+    api.get(name).stop(timeout=timeout, force=force)
+    console.print(f"[green]✓[/] VM [bold]{name}[/] is stopped")
+
+
+@click.command()
+@click.argument("name")
+@click.option("-f", "--force", is_flag=True, help="Do not ask.")
+def destroy(name: str, force: bool) -> None:
+    """Stop VM NAME and delete it with everything vmkit made for it."""
+    vm = api.get(name)
+    if not force and sys.stdin.isatty():
+        click.confirm(f"Destroy VM {name} and its disk?", abort=True)
+    vm.destroy()
+    console.print(f"[green]✓[/] VM [bold]{name}[/] destroyed")
+
+
+@click.command()
+@click.argument("name", required=False)
+def status(name: str | None) -> None:
+    """State of VM NAME (or all VMs), read from the hypervisor, with its shares and forwards."""
+    vms = [api.get(name)] if name else api.list_vms()
+    if not vms:
+        console.print("no VMs yet; create one with `python -m vmkit up`")
+        return
+    for vm in vms:
+        st = vm.status()
+        console.print(f"[bold]{vm.name}[/] ({vm.record.provider or '?'}): {state_text(st)}")
+        for err in st.errors:
+            console.print(f"  problem: {err}", markup=False)
+        if vm.record.ssh and vm.record.ssh.port and st.running:
+            console.print(f"  ssh: {vm.record.ssh.user}@127.0.0.1:{vm.record.ssh.port}")
+        for s in vm.record.shares:
+            console.print(
+                f"  share: {s.source} -> {s.target} ({s.mechanism or 'pending'})", markup=False
+            )
+        for f in vm.record.forwards:
+            console.print(
+                f"  forward: {f.host_ip}:{f.host_port} -> {f.guest_port}/{f.proto} ({f.mechanism or 'pending'})",
+                markup=False,
+            )
+
+
+@click.command("list")
+def list_cmd() -> None:
+    """All VMs with their real state."""
+    table = Table("NAME", "PROVIDER", "STATE", "CPUS", "MEMORY", "SSH")
+    for vm in api.list_vms():
+        st = vm.status()
+        r = vm.record
+        port = f"127.0.0.1:{r.ssh.port}" if r.ssh and st.running else "-"
+        table.add_row(
+            r.name, r.provider or "?", state_text(st), str(r.cpus), f"{r.memory} MiB", port
+        )
+    console.print(table)
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("name", default=api.DEFAULT_NAME)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def ssh(name: str, command: tuple[str, ...]) -> None:
+    """Open a shell in VM NAME, or run COMMAND there: vmkit ssh NAME -- CMD ARGS..."""
+    vm = api.get(name)
+    vm.require_running()
+    argv = vm.ssh_command(list(command))
+    argv[0] = which("ssh")
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)

@@ -88,8 +88,12 @@ class Provider(Protocol):
     def status(self, record: VMRecord) -> Status:
         """The real state, from the hypervisor, never from a cache."""
 
-    def share_mechanisms(self, record: VMRecord, ssh: Callable[[], SSHSession]) -> list[ShareMechanism]:
+    def share_mechanisms(
+        self, record: VMRecord, ssh: Callable[[], SSHSession]
+    ) -> list[ShareMechanism]:
         """The share mechanisms this VM offers now, best first."""
 
-    def forward_mechanisms(self, record: VMRecord, ssh: Callable[[], SSHSession]) -> list[ForwardMechanism]:
+    def forward_mechanisms(
+        self, record: VMRecord, ssh: Callable[[], SSHSession]
+    ) -> list[ForwardMechanism]:
         """The forward mechanisms this VM offers now, best first."""

@@ -1,0 +1,223 @@
+"""The agent's byte pumps: a reverse-sshfs session and an SSH-tunnel listener.
+
+Each direction of a connection is pumped on its own and its EOF passed on separately,
+because programs like busybox nc half-close and still expect the answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from typing import IO
+
+import attrs
+import paramiko
+
+from vmkit.errors import NotSupported, PortInUse, ProviderError, SSHError, VmkitError
+from vmkit.mechanisms.base import guest_mountpoints, prepare_mountpoint, unmount
+from vmkit.ssh import SSHSession
+from vmkit.state import ForwardSpec, ShareSpec
+
+SFTP_SERVERS = (
+    "/usr/lib/openssh/sftp-server",
+    "/usr/libexec/openssh/sftp-server",
+    "/usr/libexec/sftp-server",
+)
+
+
+def find_sftp_server() -> str:
+    for p in SFTP_SERVERS:
+        if shutil.which(p):
+            return p
+    raise NotSupported("no sftp-server on this host", hint="install openssh-sftp-server")
+
+
+class SSHFSSession:
+    """One share: the host's sftp-server piped over an SSH channel to ``sshfs -o passive`` in the guest."""
+
+    def __init__(self, ssh: SSHSession, spec: ShareSpec) -> None:
+        self.ssh = ssh
+        self.spec = attrs.evolve(spec, mechanism="sshfs", tag=spec.tag or "sshfs")
+        self._server: subprocess.Popen[bytes] | None = None
+        self._chan: paramiko.Channel | None = None
+        self._threads: list[threading.Thread] = []
+
+    def start(self, timeout: float = 15.0) -> None:
+        if self.spec.target in guest_mountpoints(self.ssh):
+            raise ProviderError(
+                f"{self.spec.target} is already a mount point in the guest",
+                hint="unmount it in the guest, or share at another --to path",
+            )
+        prepare_mountpoint(self.ssh, self.spec.target)
+        opts = ["-o", "passive", "-o", "allow_other", "-o", "reconnect"]
+        if self.spec.readonly:
+            opts += ["-o", "ro"]
+        argv = ["sudo", "-n", "sshfs", "-f", *opts, ":" + self.spec.source, self.spec.target]
+        # The server's stdin/stdout carry SFTP; its stderr goes to the agent log.
+        self._server = subprocess.Popen(
+            [find_sftp_server()], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        try:
+            self._chan = self.ssh.open_channel(argv)
+        except BaseException:
+            self._server.kill()
+            raise
+        assert self._server.stdin is not None and self._server.stdout is not None
+        chan = self._chan
+        server_in, server_out = self._server.stdin, self._server.stdout
+        self._threads = [
+            threading.Thread(target=_pipe_to_chan, args=(server_out, chan), daemon=True),
+            threading.Thread(target=_chan_to_pipe, args=(chan, server_in), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        deadline = time.monotonic() + timeout
+        while guest_mountpoints(self.ssh).get(self.spec.target) != "fuse.sshfs":
+            if chan.exit_status_ready() or time.monotonic() > deadline:
+                err = b""
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                self.stop()
+                msg = err.decode(errors="replace").strip() or "no mount appeared"
+                if "sshfs: command not found" in msg or "sshfs: not found" in msg:
+                    raise NotSupported("the guest has no sshfs", hint="install sshfs in the guest")
+                raise ProviderError(f"sshfs in the guest could not mount {self.spec.target}: {msg}")
+            time.sleep(0.05)
+
+    def alive(self) -> bool:
+        return self._chan is not None and not self._chan.exit_status_ready()
+
+    def unmount(self) -> None:
+        unmount(self.ssh, self.spec.target)
+
+    def stop(self) -> None:
+        with contextlib.suppress(VmkitError):
+            self.unmount()
+        if self._chan is not None:
+            self._chan.close()
+        if self._server is not None:
+            with contextlib.suppress(OSError):
+                self._server.kill()
+            self._server.wait(5)
+
+
+def _pipe_to_chan(src: IO[bytes], chan: paramiko.Channel) -> None:
+    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+        while True:
+            data = src.read1(65536)  # type: ignore[attr-defined]
+            if not data:
+                break
+            chan.sendall(data)
+    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+        chan.shutdown_write()
+
+
+def _chan_to_pipe(chan: paramiko.Channel, dst: IO[bytes]) -> None:
+    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+        while True:
+            data = chan.recv(65536)
+            if not data:
+                break
+            dst.write(data)
+            dst.flush()
+    with contextlib.suppress(OSError):
+        dst.close()
+
+
+class Tunnel:
+    """A listening socket on the host; each connection becomes a direct-tcpip channel to the guest."""
+
+    def __init__(self, ssh: Callable[[], SSHSession], spec: ForwardSpec) -> None:
+        if spec.proto != "tcp":
+            raise NotSupported(
+                "SSH tunnels carry TCP only",
+                hint="UDP forwards need the hostfwd or natpf mechanism",
+            )
+        self.ssh = ssh
+        self.spec = attrs.evolve(spec, mechanism="ssh-tunnel")
+        self._sock: socket.socket | None = None
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((self.spec.host_ip, self.spec.host_port))
+        except OSError as e:
+            s.close()
+            raise PortInUse(
+                f"host port {self.spec.host_port} on {self.spec.host_ip} is already in use"
+            ) from e
+        s.listen(64)
+        s.settimeout(0.5)
+        self._sock = s
+        threading.Thread(target=self._accept_loop, daemon=True).start()
+
+    def alive(self) -> bool:
+        return self._sock is not None and not self._stop.is_set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._sock is not None:
+            self._sock.close()
+
+    def _accept_loop(self) -> None:
+        assert self._sock is not None
+        while not self._stop.is_set():
+            try:
+                conn, peer = self._sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn, peer), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        try:
+            chan = (
+                self.ssh()
+                .transport()
+                .open_channel("direct-tcpip", ("127.0.0.1", self.spec.guest_port), peer, timeout=15)
+            )
+        except (SSHError, paramiko.SSHException, OSError, EOFError):
+            conn.close()
+            return
+
+        def close_both() -> None:
+            conn.close()
+            chan.close()
+
+        done = threading.Barrier(2, action=close_both)
+        threading.Thread(target=_sock_to_chan, args=(conn, chan, done), daemon=True).start()
+        _chan_to_sock(chan, conn, done)
+
+
+def _sock_to_chan(conn: socket.socket, chan: paramiko.Channel, done: threading.Barrier) -> None:
+    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                break
+            chan.sendall(data)
+    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+        chan.shutdown_write()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        done.wait()
+
+
+def _chan_to_sock(chan: paramiko.Channel, conn: socket.socket, done: threading.Barrier) -> None:
+    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+        while True:
+            data = chan.recv(65536)
+            if not data:
+                break
+            conn.sendall(data)
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_WR)
+    with contextlib.suppress(threading.BrokenBarrierError):
+        done.wait()

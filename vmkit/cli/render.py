@@ -1,0 +1,39 @@
+"""How the CLI shows things: one console, progress lines, state colours."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+
+from vmkit.providers.base import Progress, Status, VMState
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+_COLOURS = {
+    VMState.RUNNING: "green",
+    VMState.STARTING: "yellow",
+    VMState.STOPPING: "yellow",
+    VMState.BROKEN: "red",
+    VMState.UNKNOWN: "red",
+}
+
+
+def state_text(st: Status) -> str:
+    """The state as rich markup, with its detail."""
+    colour = _COLOURS.get(st.state, "default")
+    detail = f" ({st.detail})" if st.detail else ""
+    return f"[{colour}]{st.state.value}[/]{detail}"
+
+
+def progress_printer() -> Progress:
+    """A ``Progress`` that prints each step with the seconds since the command began."""
+    started = time.monotonic()
+
+    def show(line: str) -> None:
+        console.print(
+            f"[dim]{time.monotonic() - started:6.1f}s[/] {line}", markup=True, soft_wrap=True
+        )
+
+    return show

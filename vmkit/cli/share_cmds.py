@@ -1,0 +1,170 @@
+"""Live shares and forwards: share, unshare, shares, forward, unforward, forwards, attach."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+import vmkit.vm as api
+from vmkit.cli.render import console, err_console, progress_printer
+from vmkit.errors import InvalidInput
+
+_VM = click.option(
+    "--vm", "vm_name", metavar="NAME", help="The VM (default: the only running one)."
+)
+
+
+def register(group: click.Group) -> None:
+    """Add this module's commands to ``group``."""
+    for cmd in (share, unshare, shares, forward, unforward, forwards, attach):
+        group.add_command(cmd)
+
+
+@click.command()
+@click.argument("path")
+@_VM
+@click.option(
+    "--to",
+    "target",
+    metavar="GUEST_PATH",
+    help="Where it appears in the guest (default: the same path).",
+)
+@click.option("--readonly", is_flag=True, help="The guest may read but not write.")
+@click.option("--force", is_flag=True, help="Allow sharing / or your whole home folder.")
+@click.option(
+    "--mechanism",
+    type=click.Choice(["virtiofs", "sshfs", "vboxsf"]),
+    help="Override the automatic choice.",
+)
+def share(
+    path: str,
+    vm_name: str | None,
+    target: str | None,
+    readonly: bool,
+    force: bool,
+    mechanism: str | None,
+) -> None:
+    """Share host folder PATH into the running VM, at the same path."""
+    vm = api.resolve(vm_name)
+    spec = vm.share(
+        path,
+        target=target,
+        readonly=readonly,
+        force=force,
+        mechanism=mechanism,
+        progress=progress_printer(),
+    )
+    console.print(
+        f"[green]✓[/] {spec.source} → {vm.name}:{spec.target} ({spec.mechanism})", soft_wrap=True
+    )
+
+
+@click.command()
+@click.argument("path")
+@_VM
+def unshare(path: str, vm_name: str | None) -> None:
+    """Stop sharing PATH (host folder or guest path)."""
+    vm = api.resolve(vm_name)
+    spec = vm.unshare(path)
+    console.print(f"[green]✓[/] {spec.source} is no longer shared with {vm.name}", soft_wrap=True)
+
+
+@click.command()
+@_VM
+def shares(vm_name: str | None) -> None:
+    """The VM's shared folders: desired, and whether each is really mounted."""
+    vm = api.resolve(vm_name)
+    active = {(s.source, s.target) for s in vm.active_shares()}
+    table = Table("HOST PATH", "GUEST PATH", "MECHANISM", "MODE", "ACTIVE")
+    for s in vm.shares():
+        table.add_row(
+            s.source,
+            s.target,
+            s.mechanism,
+            "ro" if s.readonly else "rw",
+            "yes" if (s.source, s.target) in active else "[red]no[/]",
+        )
+    console.print(table)
+
+
+def _parse_ports(spec: str) -> tuple[int, int]:
+    host, _, guest = spec.partition(":")
+    try:
+        return int(host), int(guest or host)
+    except ValueError:
+        raise InvalidInput(f"{spec!r} is not PORT or HOST_PORT:GUEST_PORT") from None
+
+
+@click.command()
+@click.argument("ports", metavar="HOST_PORT[:GUEST_PORT]")
+@_VM
+@click.option("--udp", is_flag=True, help="Forward UDP instead of TCP.")
+@click.option("--public", is_flag=True, help="Listen on all interfaces, not just 127.0.0.1.")
+@click.option(
+    "--mechanism",
+    type=click.Choice(["hostfwd", "ssh-tunnel", "natpf"]),
+    help="Override the automatic choice.",
+)
+def forward(
+    ports: str, vm_name: str | None, udp: bool, public: bool, mechanism: str | None
+) -> None:
+    """Forward a host port to a port in the running VM."""
+    host_port, guest_port = _parse_ports(ports)
+    vm = api.resolve(vm_name)
+    if public:
+        err_console.print(
+            f"warning: port {host_port} will be reachable from other machines on your network",
+            markup=False,
+        )
+    spec = vm.forward(
+        host_port, guest_port, proto="udp" if udp else "tcp", public=public, mechanism=mechanism
+    )
+    console.print(
+        f"[green]✓[/] {spec.host_ip}:{spec.host_port} → {vm.name}:{spec.guest_port}/{spec.proto} "
+        f"({spec.mechanism})"
+    )
+
+
+@click.command()
+@click.argument("host_port", type=int)
+@_VM
+@click.option("--udp", is_flag=True)
+def unforward(host_port: int, vm_name: str | None, udp: bool) -> None:
+    """Stop forwarding HOST_PORT."""
+    vm = api.resolve(vm_name)
+    spec = vm.unforward(host_port, proto="udp" if udp else "tcp")
+    console.print(f"[green]✓[/] port {spec.host_port}/{spec.proto} is no longer forwarded")
+
+
+@click.command()
+@_VM
+def forwards(vm_name: str | None) -> None:
+    """The VM's port forwards: desired, and whether each is really in place."""
+    vm = api.resolve(vm_name)
+    active = {f.key for f in vm.active_forwards()}
+    table = Table("HOST", "GUEST PORT", "PROTO", "MECHANISM", "ACTIVE")
+    for f in vm.forwards():
+        table.add_row(
+            f"{f.host_ip}:{f.host_port}",
+            str(f.guest_port),
+            f.proto,
+            f.mechanism,
+            "yes" if f.key in active else "[red]no[/]",
+        )
+    console.print(table)
+
+
+@click.command()
+@click.argument("url")
+@click.option("--name", required=True, help="The name vmkit will know it by.")
+@click.option("--key", type=click.Path(dir_okay=False), help="Private key for ssh:// hosts.")
+@click.option("--fingerprint", help="Expected SHA256:... host key fingerprint (ssh:// hosts).")
+def attach(url: str, name: str, key: str | None, fingerprint: str | None) -> None:
+    """Adopt an existing machine: ssh://user@host[:port], virtualbox:VMNAME, vagrant:PROJECT_DIR."""
+    vm = api.attach(url, name, key=key, fingerprint=fingerprint)
+    ep = vm.record.ssh
+    console.print(f"[green]✓[/] attached {url} as [bold]{name}[/]", soft_wrap=True)
+    if ep is not None:
+        from vmkit.providers.sshhost import fingerprint as fp
+
+        console.print(f"  host key pinned: {fp(ep.host_key)}")

@@ -1,0 +1,5 @@
+"""The QEMU provider."""
+
+from vmkit.providers.qemu.provider import QemuProvider
+
+__all__ = ["QemuProvider"]

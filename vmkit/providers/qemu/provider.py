@@ -1,0 +1,221 @@
+"""The QEMU provider: qemu-system with QMP, user-mode networking and a shared-memory backend."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import attrs
+
+from vmkit import procs
+from vmkit.errors import (
+    HardwareVirtualizationUnavailable,
+    PortInUse,
+    ProviderError,
+    QMPError,
+    VmkitError,
+)
+from vmkit.netutil import free_port, read_banner
+from vmkit.providers.base import Capabilities, Progress, Status, VMState
+from vmkit.providers.qemu.argv import QemuConfig, build_argv
+from vmkit.providers.qemu.qmp import QMP
+from vmkit.runner import ErrorRule, Result, run, which
+
+if TYPE_CHECKING:
+    from vmkit.mechanisms.base import ForwardMechanism, ShareMechanism
+    from vmkit.ssh import SSHSession
+    from vmkit.state import VMRecord
+
+QEMU_BINARY = "qemu-system-x86_64"
+
+
+def _hav(result: Result, m: object) -> VmkitError:
+    return HardwareVirtualizationUnavailable(
+        "QEMU could not use hardware virtualization (KVM): " + _last_line(result),
+        hint="run `vmkit doctor`; recreate the VM without --accel to use software emulation",
+    )
+
+
+def _port(result: Result, m: object) -> VmkitError:
+    return PortInUse("QEMU could not bind its SSH port on 127.0.0.1: " + _last_line(result))
+
+
+def _last_line(result: Result) -> str:
+    lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
+    return lines[-1] if lines else f"exit {result.exit_code}"
+
+
+#: Known qemu-system startup failures.
+QEMU_RULES = [
+    ErrorRule.of(
+        r"failed to set MSR|Could not access KVM kernel module|failed to initialize kvm|"
+        r"does not provide required features: (svm|vmx)|KVM is not supported",
+        _hav,
+    ),
+    ErrorRule.of(r"Could not set up host forwarding rule", _port),
+]
+
+
+class QemuProvider:
+    """Runs VMs as daemonized qemu-system processes, one folder each."""
+
+    name: ClassVar[str] = "qemu"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        share_mechanisms=("virtiofs", "sshfs"),
+        forward_mechanisms=("hostfwd", "ssh-tunnel"),
+    )
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def create(self, record: VMRecord, progress: Progress) -> None:
+        from vmkit import boxes
+
+        box = boxes.ensure(record.box, record.arch, progress=progress)
+        progress("creating the VM's disk (a copy-on-write overlay on the box)")
+        run(
+            [
+                which("qemu-img"),
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "qcow2",
+                "-b",
+                str(box.disk),
+                str(record.files.disk),
+                f"{record.disk}G",
+            ],
+            timeout=60,
+        )
+        record.extra.update(
+            kernel=str(box.kernel),
+            initrd=str(box.initrd),
+            cmdline=box.cmdline,
+        )
+
+    def _config(self, record: VMRecord, ssh_port: int) -> QemuConfig:
+        f = record.files
+        return QemuConfig(
+            name=record.name,
+            cpus=record.cpus,
+            memory=record.memory,
+            accel=str(record.extra.get("accel", "tcg")),
+            kernel=_path(record, "kernel"),
+            initrd=_path(record, "initrd"),
+            cmdline=str(record.extra["cmdline"]),
+            disk=f.disk,
+            seed=f.seed,
+            ssh_port=ssh_port,
+            qmp=f.qmp,
+            pidfile=f.pid,
+            serial_log=f.serial_log,
+        )
+
+    def start(self, record: VMRecord, progress: Progress) -> None:
+        if self._pid(record) is not None:
+            return
+        f = record.files
+        for stale in (f.qmp, f.pid):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+        binary = which(QEMU_BINARY)
+        # Another program can take the chosen port between the check and QEMU's bind; try again.
+        for attempt in range(3):
+            port = free_port()
+            progress(f"starting QEMU ({record.extra.get('accel', 'tcg')}), SSH on 127.0.0.1:{port}")
+            try:
+                run(build_argv(binary, self._config(record, port)), timeout=60, rules=QEMU_RULES)
+            except PortInUse:
+                if attempt == 2:
+                    raise
+                continue
+            break
+        assert record.ssh is not None
+        record.ssh = attrs.evolve(record.ssh, port=port)
+
+    def stop(self, record: VMRecord, *, timeout: float, force: bool = False) -> None:
+        pid = self._pid(record)
+        if pid is None:
+            return
+        marker = str(record.files.qmp)
+        if not force:
+            with contextlib.suppress(QMPError), QMP(record.files.qmp) as q:
+                q.execute("system_powerdown")
+            if procs.wait_gone(pid, timeout):
+                return
+        with contextlib.suppress(QMPError), QMP(record.files.qmp, timeout=3) as q:
+            q.execute("quit")
+        if not procs.wait_gone(pid, 5):
+            procs.terminate(pid, marker)
+        if procs.alive(pid, marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            procs.wait_gone(pid, 5)
+
+    def destroy(self, record: VMRecord) -> None:
+        self.stop(record, timeout=0, force=True)
+
+    def status(self, record: VMRecord) -> Status:
+        f = record.files
+        if record.extra.get("incomplete") or not f.state.exists():
+            pid = self._pid(record)
+            return Status(VMState.BROKEN, "creation did not finish", ("no VM record",), pid)
+        pid = self._pid(record)
+        if pid is None:
+            if not f.disk.exists():
+                return Status(VMState.BROKEN, "disk missing", (f"{f.disk} does not exist",))
+            return Status(VMState.STOPPED)
+        try:
+            with QMP(f.qmp, timeout=5) as q:
+                qs = q.execute("query-status")
+        except QMPError as e:
+            return Status(
+                VMState.BROKEN, "QEMU runs but its monitor does not answer", (e.message,), pid
+            )
+        run_state = str(qs.get("status", ""))
+        if run_state == "running":
+            if record.ssh and read_banner(record.ssh.host, record.ssh.port, timeout=1.5):
+                return Status(VMState.RUNNING, pid=pid)
+            return Status(VMState.STARTING, "booting: SSH not answering yet", pid=pid)
+        if run_state in ("paused", "suspended"):
+            return Status(VMState.PAUSED, run_state, pid=pid)
+        if run_state == "shutdown":
+            return Status(VMState.STOPPING, run_state, pid=pid)
+        return Status(VMState.BROKEN, f"QEMU reports {run_state}", (run_state,), pid)
+
+    def _pid(self, record: VMRecord) -> int | None:
+        """QEMU's pid if the process named in the pid file is this VM's QEMU."""
+        pid = procs.read_pid(record.files.pid)
+        return pid if procs.alive(pid, str(record.files.qmp)) else None
+
+    # -- mechanisms -----------------------------------------------------------------------
+
+    def share_mechanisms(
+        self, record: VMRecord, ssh: Callable[[], SSHSession]
+    ) -> list[ShareMechanism]:
+        from vmkit.mechanisms.sshfs import ReverseSSHFS
+        from vmkit.mechanisms.virtiofs import VirtioFS
+
+        return [VirtioFS(record, ssh), ReverseSSHFS(record, ssh)]
+
+    def forward_mechanisms(
+        self, record: VMRecord, ssh: Callable[[], SSHSession]
+    ) -> list[ForwardMechanism]:
+        from vmkit.mechanisms.hostfwd import HostFwd
+        from vmkit.mechanisms.tunnel import SSHTunnel
+
+        return [HostFwd(record), SSHTunnel(record, ssh)]
+
+
+def _path(record: VMRecord, key: str) -> Path:
+    value = record.extra.get(key)
+    if not value:
+        raise ProviderError(
+            f"VM {record.name!r} has no {key} recorded", hint="destroy and recreate it"
+        )
+    return Path(str(value))

@@ -1,0 +1,682 @@
+"""``VM``: the friendly layer people and other tools use; providers stay underneath.
+
+vm = vmkit.create("demo")
+vm.start()
+vm.run(["uname", "-a"]).stdout
+vm.share("~/data")          # appears in the guest at the same path
+vm.forward(8888)            # 127.0.0.1:8888 on the host reaches port 8888 in the guest
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
+
+from vmkit import keys, procs, state
+from vmkit.errors import (
+    ForwardExists,
+    ForwardNotFound,
+    GuestError,
+    InvalidInput,
+    NotSupported,
+    ShareExists,
+    ShareNotFound,
+    SSHError,
+    VMAmbiguous,
+    VmkitError,
+    VMNotFound,
+    VMNotRunning,
+)
+from vmkit.home import check_name
+from vmkit.netutil import check_port_number, read_banner, require_free
+from vmkit.pathmap import guest_path
+from vmkit.providers import registry
+from vmkit.providers.base import Progress, Provider, Status, VMState, no_progress
+from vmkit.ready import Probe, wait_for
+from vmkit.runner import Result
+from vmkit.ssh import SSHSession
+from vmkit.state import ForwardSpec, ShareSpec, SSHEndpoint, VMRecord
+
+if TYPE_CHECKING:
+    import docker
+
+    from vmkit.mechanisms.base import ForwardMechanism, ShareMechanism
+
+M = TypeVar("M", bound=Any)
+
+DEFAULT_NAME = "default"
+GUEST_USER = "vmkit"
+
+
+class VM:
+    """One VM known to vmkit. Cheap to make; every query reads the real state."""
+
+    def __init__(self, record: VMRecord) -> None:
+        self.record = record
+        self._provider: Provider | None = None
+        self._ssh: SSHSession | None = None
+
+    def __repr__(self) -> str:
+        return f"<VM {self.name!r} provider={self.record.provider}>"
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def provider(self) -> Provider:
+        if self._provider is None:
+            self._provider = registry.get(self.record.provider or "qemu")
+        return self._provider
+
+    def reload(self) -> VMRecord:
+        """Re-read the record from disk (another process may have changed it)."""
+        self.record = state.load(self.name)
+        return self.record
+
+    # -- state ----------------------------------------------------------------------------
+
+    def status(self) -> Status:
+        """The real state, from the hypervisor."""
+        if not self.record.provider:
+            return Status(VMState.BROKEN, "creation did not finish", ("no VM record",))
+        return self.provider.status(self.record)
+
+    def is_running(self) -> bool:
+        return self.status().state in (VMState.RUNNING, VMState.STARTING)
+
+    def require_running(self) -> None:
+        st = self.status()
+        if st.state is VMState.STARTING:
+            self.wait_ready(docker=False)
+        elif st.state is not VMState.RUNNING:
+            raise VMNotRunning(f"VM {self.name!r} is not running ({st.state.value})")
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(
+        self, *, progress: Progress = no_progress, wait: bool = True, timeout: float = 300
+    ) -> None:
+        """Boot the VM (no-op if it runs), wait until SSH and dockerd answer, re-apply shares and forwards."""
+        with state.locked(self.name):
+            self.reload()
+            if not self.is_running():
+                self._close_ssh()
+                self.provider.start(self.record, progress)
+                state.save(self.record)
+        if wait:
+            self.wait_ready(progress=progress, timeout=timeout)
+            self.reapply(progress=progress)
+
+    def wait_ready(
+        self, *, progress: Progress = no_progress, timeout: float = 300, docker: bool = True
+    ) -> dict[str, float]:
+        """Wait through the boot probes (process → SSH banner → login → dockerd)."""
+        probes = self._probes(docker=docker)
+        return wait_for(probes, timeout=timeout, progress=progress)
+
+    def _probes(self, *, docker: bool) -> list[Probe]:
+        ep = self._endpoint()
+        files = self.record.files
+
+        def process() -> bool:
+            st = self.status()
+            if st.state in (VMState.STOPPED, VMState.BROKEN):
+                tail = _tail(files.serial_log, 5)
+                raise VMNotRunning(
+                    f"VM {self.name!r} stopped while booting ({st.detail or st.state.value})",
+                    hint=f"see {files.serial_log}" + (f"; last lines: {tail}" if tail else ""),
+                )
+            return True
+
+        def banner() -> bool:
+            process()
+            return read_banner(ep.host, ep.port, timeout=3) is not None
+
+        def login() -> bool:
+            try:
+                self.run(["true"], timeout=20)
+            except SSHError:
+                self._close_ssh()
+                return False
+            return True
+
+        def dockerd() -> bool:
+            return self.run(
+                ["docker", "info", "--format", "{{.ServerVersion}}"], check=False, timeout=30
+            ).ok
+
+        probes = [
+            Probe("the VM process", process, f"see {files.serial_log} and {files.qemu_log}"),
+            Probe(
+                "the SSH banner",
+                banner,
+                f"the guest did not start sshd; its console log is {files.serial_log}",
+            ),
+            Probe(
+                "SSH login",
+                login,
+                "the guest refuses vmkit's key: was the seed disk read? see the console log",
+            ),
+        ]
+        if docker:
+            probes.append(
+                Probe(
+                    "dockerd", dockerd, "run `vmkit ssh NAME -- systemctl status docker` to see why"
+                )
+            )
+        return probes
+
+    def stop(self, *, timeout: float = 60, force: bool = False) -> None:
+        """Shut down: gracefully from inside the guest, forced after ``timeout`` seconds."""
+        with state.locked(self.name):
+            self.reload()
+            if self.status().state is VMState.STOPPED:
+                return
+            if not force:
+                # Guests without an ACPI daemon ignore the power button; systemd does not.
+                with contextlib.suppress(VmkitError):
+                    self.run(["systemctl", "poweroff", "--no-block"], sudo=True, timeout=10)
+            self._close_ssh()
+            self.provider.stop(self.record, timeout=timeout, force=force)
+            _kill_helpers(self.record)
+
+    def destroy(self) -> None:
+        """Stop the VM and remove everything vmkit made for it."""
+        with state.locked(self.name):
+            with contextlib.suppress(FileNotFoundError):
+                self.reload()
+            self._close_ssh()
+            if self.record.provider:
+                self.provider.destroy(self.record)
+            _kill_helpers(self.record)
+            shutil.rmtree(self.record.files.dir, ignore_errors=True)
+
+    # -- guest access ---------------------------------------------------------------------
+
+    def _endpoint(self) -> SSHEndpoint:
+        if self.record.ssh is None or not self.record.ssh.port:
+            raise VMNotRunning(f"VM {self.name!r} has no SSH endpoint yet")
+        return self.record.ssh
+
+    def ssh(self) -> SSHSession:
+        """The kept SSH session to the guest (opened on first use)."""
+        ep = self._endpoint()
+        if self._ssh is None or self._ssh.endpoint != ep:
+            self._close_ssh()
+            self._ssh = SSHSession(ep)
+        return self._ssh
+
+    def _close_ssh(self) -> None:
+        if self._ssh is not None:
+            self._ssh.close()
+            self._ssh = None
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float = 120,
+        input: bytes | str | None = None,
+        sudo: bool = False,
+    ) -> Result:
+        """Run ``argv`` in the guest over SSH; ``GuestCommandFailed`` if it exits non-zero."""
+        return self.ssh().run(argv, check=check, timeout=timeout, input=input, sudo=sudo)
+
+    def ssh_command(self, argv: Sequence[str] = ()) -> list[str]:
+        """An OpenSSH argv that logs into the guest with the pinned host key (for interactive use)."""
+        ep = self._endpoint()
+        files = self.record.files
+        state.atomic_write(files.known_hosts, f"[{ep.host}]:{ep.port} {ep.host_key}\n", mode=0o600)
+        cmd = [
+            "ssh",
+            "-i",
+            ep.key_file,
+            "-p",
+            str(ep.port),
+            "-o",
+            f"UserKnownHostsFile={files.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ConnectTimeout=15",
+            f"{ep.user}@{ep.host}",
+        ]
+        if argv:
+            import shlex
+
+            cmd += ["--", shlex.join(list(argv))]
+        return cmd
+
+    def docker(self) -> docker.DockerClient:
+        """A docker-py client talking to the VM's dockerd over the kept SSH connection."""
+        from vmkit.dockerhost import docker_client
+
+        self.require_running()
+        return docker_client(self)
+
+    # -- shares ---------------------------------------------------------------------------
+
+    def share(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        target: str | None = None,
+        readonly: bool = False,
+        force: bool = False,
+        mechanism: str | None = None,
+        progress: Progress = no_progress,
+    ) -> ShareSpec:
+        """Share host folder ``path`` into the running VM, at the same path unless ``target``.
+
+        Idempotent: sharing the same folder at the same place again returns the existing share.
+        """
+        source = _host_dir(path, force=force)
+        dest = guest_path(target) if target else guest_path(str(source))
+        with state.locked(self.name):
+            self.reload()
+            for s in self.record.shares:
+                if s.source == str(source):
+                    if s.target == dest:
+                        return s
+                    raise ShareExists(
+                        f"{source} is already shared at {s.target}", hint="unshare it first"
+                    )
+                if s.target == dest:
+                    raise ShareExists(
+                        f"guest path {dest} is already used by the share of {s.source}",
+                        hint="pick another --to path",
+                    )
+            self.require_running()
+            spec = ShareSpec(source=str(source), target=dest, readonly=readonly)
+            mech = self._pick(self._share_mechs(), mechanism, "share")
+            progress(f"sharing {source} at {dest} in the guest with {mech.name}")
+            done = mech.add(spec)
+            self.record.shares.append(done)
+            try:
+                state.save(self.record)
+            except BaseException:
+                mech.remove(done)
+                raise
+            return done
+
+    def unshare(self, path: str | os.PathLike[str]) -> ShareSpec:
+        """Remove the share of host folder ``path`` (or of guest path ``path``)."""
+        with state.locked(self.name):
+            self.reload()
+            spec = self._find_share(str(path))
+            if self.is_running():
+                self._mech_named(self._share_mechs(), spec.mechanism).remove(spec)
+            self.record.shares = [s for s in self.record.shares if s is not spec]
+            state.save(self.record)
+            return spec
+
+    def shares(self) -> list[ShareSpec]:
+        """The desired shares (``active_shares`` tells what is really mounted)."""
+        return list(self.reload().shares)
+
+    def active_shares(self) -> list[ShareSpec]:
+        """What is really in place right now, read from the hypervisor and the guest."""
+        if not self.is_running():
+            return []
+        return [s for m in self._share_mechs() for s in m.active()]
+
+    def _find_share(self, path: str) -> ShareSpec:
+        candidates = {path}
+        with contextlib.suppress(VmkitError):
+            candidates.add(str(Path(path).expanduser().resolve()))
+        for s in self.record.shares:
+            if s.source in candidates or s.target in candidates:
+                return s
+        raise ShareNotFound(f"{path} is not shared with VM {self.name!r}")
+
+    # -- forwards -------------------------------------------------------------------------
+
+    def forward(
+        self,
+        host_port: int,
+        guest_port: int | None = None,
+        *,
+        proto: str = "tcp",
+        public: bool = False,
+        mechanism: str | None = None,
+    ) -> ForwardSpec:
+        """Forward ``host_port`` on 127.0.0.1 (all interfaces with ``public``) to ``guest_port``.
+
+        Idempotent for an identical forward; a host port used otherwise is ``ForwardExists``.
+        """
+        if proto not in ("tcp", "udp"):
+            raise InvalidInput(f"protocol {proto!r} is not tcp or udp")
+        check_port_number(host_port, "host port")
+        gport = check_port_number(guest_port if guest_port is not None else host_port, "guest port")
+        host_ip = "0.0.0.0" if public else "127.0.0.1"
+        spec = ForwardSpec(host_port=host_port, guest_port=gport, proto=proto, host_ip=host_ip)
+        if host_port < 1024 and os.name != "nt" and os.geteuid() != 0:
+            raise InvalidInput(
+                f"host port {host_port} is privileged (below 1024)",
+                hint="use a port from 1024 up, e.g. 8888",
+            )
+        with state.locked(self.name):
+            self.reload()
+            for f in self.record.forwards:
+                if f.key == spec.key:
+                    if (f.guest_port, f.host_ip) == (gport, host_ip):
+                        return f
+                    raise ForwardExists(
+                        f"host port {host_port}/{proto} already forwards to guest port {f.guest_port}",
+                        hint=f"`vmkit unforward {host_port}` first",
+                    )
+            self.require_running()
+            require_free(host_port, host_ip, proto)
+            mech = self._pick(self._forward_mechs(), mechanism, "forward")
+            done = mech.add(spec)
+            self.record.forwards.append(done)
+            try:
+                state.save(self.record)
+            except BaseException:
+                mech.remove(done)
+                raise
+            return done
+
+    def unforward(self, host_port: int, *, proto: str = "tcp") -> ForwardSpec:
+        """Stop forwarding ``host_port``."""
+        with state.locked(self.name):
+            self.reload()
+            match = [f for f in self.record.forwards if f.key == (proto, host_port)]
+            if not match:
+                raise ForwardNotFound(
+                    f"host port {host_port}/{proto} is not forwarded to VM {self.name!r}"
+                )
+            spec = match[0]
+            if self.is_running():
+                self._mech_named(self._forward_mechs(), spec.mechanism).remove(spec)
+            self.record.forwards = [f for f in self.record.forwards if f is not spec]
+            state.save(self.record)
+            return spec
+
+    def forwards(self) -> list[ForwardSpec]:
+        """The desired forwards."""
+        return list(self.reload().forwards)
+
+    def active_forwards(self) -> list[ForwardSpec]:
+        """What is really forwarded right now."""
+        if not self.is_running():
+            return []
+        return [f for m in self._forward_mechs() for f in m.active()]
+
+    # -- mechanisms -----------------------------------------------------------------------
+
+    def _share_mechs(self) -> list[ShareMechanism]:
+        return self.provider.share_mechanisms(self.record, self.ssh)
+
+    def _forward_mechs(self) -> list[ForwardMechanism]:
+        return self.provider.forward_mechanisms(self.record, self.ssh)
+
+    def _pick(self, mechs: Sequence[M], wanted: str | None, what: str) -> M:
+        if wanted:
+            return self._mech_named(mechs, wanted)
+        reasons = []
+        for m in mechs:
+            if not hasattr(m, "check"):
+                return m
+            try:
+                m.check()
+            except (NotSupported, GuestError) as e:
+                reasons.append(f"{m.name}: {e.message}")
+                continue
+            return m
+        raise NotSupported(f"no {what} mechanism works on VM {self.name!r}: " + "; ".join(reasons))
+
+    def _mech_named(self, mechs: Sequence[M], name: str) -> M:
+        for m in mechs:
+            if m.name == name:
+                return m
+        known = ", ".join(m.name for m in mechs)
+        raise NotSupported(
+            f"mechanism {name!r} is not offered by provider {self.record.provider}",
+            hint=f"use one of: {known}",
+        )
+
+    def reapply(self, *, progress: Progress = no_progress) -> list[str]:
+        """Put the desired shares and forwards in place after a boot; return one line per failure."""
+        problems: list[str] = []
+        with state.locked(self.name):
+            self.reload()
+            smechs = self._share_mechs()
+            fmechs = self._forward_mechs()
+            active_s = {(s.source, s.target) for m in smechs for s in m.active()}
+            active_f = {f.key for m in fmechs for f in m.active()}
+            new_shares = []
+            for s in self.record.shares:
+                if (s.source, s.target) in active_s:
+                    new_shares.append(s)
+                    continue
+                try:
+                    progress(f"re-sharing {s.source}")
+                    mech = (
+                        self._mech_named(smechs, s.mechanism)
+                        if s.mechanism
+                        else self._pick(smechs, None, "share")
+                    )
+                    new_shares.append(mech.add(attrs.evolve(s, tag="")))
+                except VmkitError as e:
+                    problems.append(f"share {s.source}: {e}")
+                    new_shares.append(s)
+            new_forwards = []
+            for f in self.record.forwards:
+                if f.key in active_f:
+                    new_forwards.append(f)
+                    continue
+                try:
+                    progress(f"re-forwarding port {f.host_port}")
+                    fmech = (
+                        self._mech_named(fmechs, f.mechanism)
+                        if f.mechanism
+                        else self._pick(fmechs, None, "forward")
+                    )
+                    new_forwards.append(fmech.add(f))
+                except VmkitError as e:
+                    problems.append(f"forward {f.host_port}: {e}")
+                    new_forwards.append(f)
+            self.record.shares = new_shares
+            self.record.forwards = new_forwards
+            state.save(self.record)
+        return problems
+
+
+# -- module-level API ---------------------------------------------------------------------
+
+
+def create(
+    name: str = DEFAULT_NAME,
+    *,
+    box: str = "vmkit-mini",
+    arch: str = "amd64",
+    cpus: int = 2,
+    memory: int = 1024,
+    disk: int = 8,
+    provider: str = "qemu",
+    accel: str | None = None,
+    progress: Progress = no_progress,
+) -> VM:
+    """Create (not start) a VM from a box; the box is built first if it is not in the cache."""
+    check_name(name)
+    _check_sizes(cpus, memory, disk)
+    if arch not in ("amd64", "i386"):
+        raise InvalidInput(f"architecture {arch!r} is not amd64 or i386")
+    prov = registry.get(provider)
+    if accel is None:
+        from vmkit.hostvirt import detect
+
+        accel = detect().accel
+    with state.locked(name):
+        files = state.new_folder(name)
+        try:
+            record = VMRecord(
+                name=name,
+                provider=provider,
+                box=box,
+                arch=arch,
+                cpus=cpus,
+                memory=memory,
+                disk=disk,
+                extra={"accel": accel},
+            )
+            progress("making the VM's SSH identity (client key, guest host key, seed disk)")
+            keys.generate(files.client_key, f"vmkit@{name}")
+            host_pub = keys.generate(files.host_key, f"root@vmkit-{name}")
+            from vmkit.seed import make_seed
+
+            make_seed(
+                files.seed,
+                authorized_key=keys.public_line(files.client_key),
+                host_key=files.host_key,
+                hostname=f"vmkit-{name}",
+            )
+            record.ssh = SSHEndpoint(
+                host="127.0.0.1",
+                port=0,
+                user=GUEST_USER,
+                key_file=str(files.client_key),
+                host_key=keys.key_type_and_blob(host_pub),
+            )
+            prov.create(record, progress)
+            state.save(record)
+        except BaseException:
+            shutil.rmtree(files.dir, ignore_errors=True)
+            raise
+    return VM(record)
+
+
+def attach(
+    url: str,
+    name: str,
+    *,
+    key: str | os.PathLike[str] | None = None,
+    fingerprint: str | None = None,
+) -> VM:
+    """Adopt a machine vmkit did not create: ``ssh://user@host[:port]`` (more schemes by provider)."""
+    check_name(name)
+    scheme = url.split(":", 1)[0]
+    if scheme != "ssh":
+        raise InvalidInput(f"cannot attach {url!r}", hint="use ssh://user@host[:port]")
+    from vmkit.providers.sshhost import endpoint_for
+
+    if key is None:
+        raise InvalidInput("attaching an SSH host needs its private key", hint="pass --key PATH")
+    endpoint = endpoint_for(
+        url, Path(os.fspath(key)).expanduser(), expected_fingerprint=fingerprint
+    )
+    record = VMRecord(name=name, provider="ssh", box="", ssh=endpoint, extra={"url": url})
+    with state.locked(name):
+        state.new_folder(name)
+        state.save(record)
+    return VM(record)
+
+
+def get(name: str) -> VM:
+    """The VM named ``name``; ``VMNotFound`` if there is none."""
+    check_name(name)
+    return VM(state.load(name))
+
+
+def list_vms() -> list[VM]:
+    """Every VM vmkit knows, by name."""
+    out = []
+    for n in state.names():
+        with contextlib.suppress(VMNotFound):
+            out.append(VM(state.load(n)))
+    return out
+
+
+def up(name: str = DEFAULT_NAME, *, progress: Progress = no_progress, **create_args: Any) -> VM:
+    """Create the VM if needed, then start it and wait until SSH and dockerd answer."""
+    vm = (
+        get(name)
+        if state.exists(check_name(name))
+        else create(name, progress=progress, **create_args)
+    )
+    vm.start(progress=progress)
+    return vm
+
+
+def resolve(name: str | None) -> VM:
+    """The VM ``name``, or, with no name, the only running VM (else the one called "default")."""
+    if name:
+        return get(name)
+    vms = list_vms()
+    running = [v for v in vms if v.is_running()]
+    if len(running) == 1:
+        return running[0]
+    if len(running) > 1:
+        raise VMAmbiguous(f"{len(running)} VMs are running: {', '.join(v.name for v in running)}")
+    if len(vms) == 1:
+        return vms[0]
+    if any(v.name == DEFAULT_NAME for v in vms):
+        return get(DEFAULT_NAME)
+    if not vms:
+        raise VMNotFound("there is no VM yet", hint="create one with `vmkit up`")
+    raise VMAmbiguous(
+        f"no VM is running and there are {len(vms)}: {', '.join(v.name for v in vms)}"
+    )
+
+
+def _check_sizes(cpus: int, memory: int, disk: int) -> None:
+    host_cpus = os.cpu_count() or 1
+    if not 1 <= cpus <= max(host_cpus, 1) * 4:
+        raise InvalidInput(
+            f"--cpus {cpus} is out of range",
+            hint=f"use 1 to {host_cpus} (this host has {host_cpus})",
+        )
+    if not 256 <= memory <= 1024 * 1024:
+        raise InvalidInput(
+            f"--memory {memory} MiB is out of range", hint="use at least 256 MiB, e.g. 1024"
+        )
+    if not 2 <= disk <= 4096:
+        raise InvalidInput(f"--disk {disk} GiB is out of range", hint="use 2 to 4096 GiB")
+
+
+def _host_dir(path: str | os.PathLike[str], *, force: bool) -> Path:
+    p = Path(os.fspath(path)).expanduser()
+    try:
+        resolved = p.resolve(strict=True)
+    except (FileNotFoundError, RuntimeError):
+        raise InvalidInput(f"{p} does not exist", hint="give an existing folder to share") from None
+    if not resolved.is_dir():
+        raise InvalidInput(f"{resolved} is not a folder", hint="share the folder that contains it")
+    if not force and (resolved == Path(resolved.anchor) or resolved == Path.home().resolve()):
+        raise InvalidInput(
+            f"sharing {resolved} would expose everything in it to the VM",
+            hint="share a subfolder, or pass --force",
+        )
+    return resolved
+
+
+def _tail(path: Path, n: int) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " / ".join(line.strip() for line in lines[-n:])
+
+
+def _kill_helpers(record: VMRecord) -> None:
+    """End every helper process (virtiofsd, agent) whose pid file is in the VM's folder."""
+    folder = record.files.dir
+    if not folder.is_dir():
+        return
+    for pidfile in folder.glob("*.pid"):
+        pid = procs.read_pid(pidfile)
+        if pid is not None and pidfile != record.files.pid:
+            procs.terminate(pid, str(folder))
