@@ -19,6 +19,7 @@ import pytest
 from vmkit.errors import CommandTimeout, InvalidInput, NotFound, VMNotRunning
 from vmkit.providers.base import VMState
 from vmkit.providers.vagrant import VagrantProvider, errors
+from vmkit.ssh import SSHSession
 from vmkit.state import VMRecord
 
 FAKE = textwrap.dedent(
@@ -216,3 +217,16 @@ def test_adopt_refuses_what_it_cannot_pin(fake: Fake, tmp_path: Path) -> None:
 def test_record_without_project_is_a_clear_error() -> None:
     with pytest.raises(InvalidInput, match="no Vagrant project"):
         VagrantProvider().status(VMRecord(name="x", provider="vagrant"))
+
+
+def test_live_shares_and_forwards_go_over_ssh(fake: Fake) -> None:
+    provider = VagrantProvider()
+    record = fake.record()
+
+    def no_ssh() -> SSHSession:
+        raise AssertionError("building a mechanism must not connect")
+
+    (share,) = provider.share_mechanisms(record, no_ssh)
+    (forward,) = provider.forward_mechanisms(record, no_ssh)
+    assert share.name == provider.capabilities.share_mechanisms[0] == "sshfs"
+    assert forward.name == provider.capabilities.forward_mechanisms[0] == "ssh-tunnel"

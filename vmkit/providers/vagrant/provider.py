@@ -69,10 +69,10 @@ class VagrantProvider:
     capabilities = Capabilities(
         create=True,
         destroy=True,
-        share_mechanisms=(),
-        forward_mechanisms=(),
-        live_shares=False,
-        live_forwards=False,
+        share_mechanisms=("sshfs",),
+        forward_mechanisms=("ssh-tunnel",),
+        live_shares=True,
+        live_forwards=True,
     )
 
     def __init__(
@@ -160,14 +160,18 @@ class VagrantProvider:
     def share_mechanisms(
         self, record: VMRecord, ssh: Callable[[], SSHSession]
     ) -> list[ShareMechanism]:
-        """Live shares on a Vagrant machine go over SSH; none are offered yet."""
-        return []
+        """Reverse sshfs over the machine's SSH (Vagrant's own shares exist only from boot)."""
+        from vmkit.mechanisms.sshfs import ReverseSSHFS
+
+        return [ReverseSSHFS(record, ssh)]
 
     def forward_mechanisms(
         self, record: VMRecord, ssh: Callable[[], SSHSession]
     ) -> list[ForwardMechanism]:
-        """Live forwards on a Vagrant machine go over SSH; none are offered yet."""
-        return []
+        """SSH tunnels (Vagrant's forwarded ports exist only from boot)."""
+        from vmkit.mechanisms.tunnel import SSHTunnel
+
+        return [SSHTunnel(record, ssh)]
 
     # -- SSH and adoption -----------------------------------------------------------------
 
