@@ -64,3 +64,14 @@ def terminate(pid: int, marker: str, *, timeout: float = 5.0) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     wait_gone(pid, 5.0)
+
+
+def find(marker: str) -> list[int]:
+    """Pids of every process whose command line contains ``marker`` (Linux /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            args = cmdline(int(entry.name))
+            if args is not None and any(marker in a for a in args):
+                out.append(int(entry.name))
+    return out

@@ -74,21 +74,19 @@ class VirtioFS:
         try:
             with contextlib.suppress(FileNotFoundError):
                 sock.unlink()
-            # Run in the shared folder and name it "." so no path has to survive virtiofsd's
-            # comma-separated option parsing (commas and quotes in folder names are legal).
             proc = spawn(
                 [
                     find_virtiofsd(),
+                    "-f",
                     f"--socket-path={sock}",
                     "-o",
-                    "source=.",
+                    "source=" + _fuse_opt_escape(spec.source),
                     "-o",
                     "cache=auto",
                     "-o",
                     "xattr",
                 ],
                 log=files.virtiofs_log(tag),
-                cwd=spec.source,
             )
             pidfile.write_text(str(proc.pid))
             undo.append(lambda: _stop_daemon(pidfile, sock))
@@ -186,6 +184,11 @@ class VirtioFS:
                     raise
 
 
+def _fuse_opt_escape(value: str) -> str:
+    """Quote a value for libfuse's comma-separated ``-o`` list (commas are legal in folder names)."""
+    return value.replace("\\", "\\\\").replace(",", "\\,")
+
+
 def _wait_socket(sock: Path, pid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not sock.exists():
@@ -200,6 +203,9 @@ def _stop_daemon(pidfile: Path, sock: Path) -> None:
     pid = procs.read_pid(pidfile)
     if pid is not None:
         procs.terminate(pid, str(sock), timeout=3)
+    # virtiofsd's sandbox child can outlive its parent by a moment; wait for all of them.
+    for straggler in procs.find(str(sock)):
+        procs.terminate(straggler, str(sock), timeout=3)
     for p in (pidfile, sock):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
