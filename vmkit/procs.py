@@ -21,15 +21,33 @@ def read_pid(path: Path) -> int | None:
         return None
 
 
-def cmdline(pid: int) -> list[str] | None:
-    """The argv of ``pid`` (Linux /proc), or None if it is gone."""
+def running(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return None
-    if not raw:
-        return None  # a zombie has an empty cmdline
-    return raw.rstrip(b"\0").decode(errors="replace").split("\0")
+        return False
+    # The state letter follows the command name, which is in parentheses and may hold spaces.
+    return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] not in ("Z", "X", "")
+
+
+def cmdline(pid: int) -> list[str] | None:
+    """The argv of ``pid`` (Linux /proc), or None if it is gone.
+
+    A process that is exec'ing or changing namespaces shows an empty cmdline for a moment;
+    that is read again rather than taken as "gone".
+    """
+    for _ in range(50):
+        if not running(pid):
+            return None
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        if raw:
+            return raw.rstrip(b"\0").decode(errors="replace").split("\0")
+        time.sleep(0.002)
+    return []
 
 
 def alive(pid: int | None, marker: str) -> bool:
@@ -44,13 +62,13 @@ def wait_gone(pid: int, timeout: float) -> bool:
     """Wait up to ``timeout`` s for ``pid`` to exit; True if it did."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if cmdline(pid) is None:
-            return True
         # Reap it if it is our child, else it lingers as a zombie.
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
+        if not running(pid):
+            return True
         time.sleep(0.05)
-    return cmdline(pid) is None
+    return not running(pid)
 
 
 def terminate(pid: int, marker: str, *, timeout: float = 5.0) -> None:

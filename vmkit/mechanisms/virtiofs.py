@@ -192,7 +192,7 @@ def _fuse_opt_escape(value: str) -> str:
 def _wait_socket(sock: Path, pid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not sock.exists():
-        if procs.cmdline(pid) is None:
+        if not procs.running(pid):
             raise ProviderError("virtiofsd exited at once", hint=f"see {sock.with_suffix('.log')}")
         if time.monotonic() > deadline:
             raise ProviderError(f"virtiofsd did not create {sock} within {timeout:g} s")
