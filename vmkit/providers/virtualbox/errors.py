@@ -129,7 +129,7 @@ def error_rules(known_vms: Callable[[], list[str]]) -> list[ErrorRule]:
         ErrorRule.of(r"Could not find a registered machine named '(.*)'", not_found),
         ErrorRule.of(r"Could not find a registered machine with UUID \{?([^}\s]*)\}?", not_found),
         ErrorRule.of(
-            r"\((?P<code>VERR_(?:VMX|SVM|NEM)_[A-Z_]+|VERR_SUPDRV_NO_RAW_MODE_HYPER_V_ROOT)\)",
+            r"(?:\(|vrc=)(?P<code>VERR_(?:VMX|SVM|NEM)_[A-Z_]+|VERR_SUPDRV_NO_RAW_MODE_HYPER_V_ROOT)\b",
             _hwvirt,
         ),
         ErrorRule.of(
