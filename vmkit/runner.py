@@ -178,3 +178,16 @@ def spawn(
             )
         except FileNotFoundError as e:
             raise ToolMissing(args[0], package=PACKAGES.get(Path(args[0]).name)) from e
+
+
+def pipe_out(argv: Sequence[str | os.PathLike[str]], *, stdin: int) -> subprocess.Popen[bytes]:
+    """Start a filter program reading file descriptor ``stdin``; read its ``stdout`` as it runs.
+
+    For streaming data through a program (``zstd -dc``) without holding it all in memory;
+    the caller reads ``stdout`` to EOF, then checks ``wait()`` and ``stderr``.
+    """
+    args = _check_argv(argv)  # type: ignore[arg-type]
+    try:
+        return subprocess.Popen(args, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except FileNotFoundError as e:
+        raise ToolMissing(args[0], package=PACKAGES.get(Path(args[0]).name)) from e
