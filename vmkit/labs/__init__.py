@@ -1,0 +1,28 @@
+"""Course labs: one Vagrant machine per student, rendered from a template and a roster.
+
+``render`` writes the projects (unique machine names, unique host ports, host-wide port
+registry); ``up``, ``status`` and ``down`` run them with a concurrency limit.
+"""
+
+from __future__ import annotations
+
+from vmkit.labs.ports import PortRegistry
+from vmkit.labs.render import PRESETS, LabManifest, LabStudent, render
+from vmkit.labs.roster import RosterInvalid, Student
+from vmkit.labs.run import LabEvent, LabReport, StudentOutcome, down, status, up
+
+__all__ = [
+    "PRESETS",
+    "LabEvent",
+    "LabManifest",
+    "LabReport",
+    "LabStudent",
+    "PortRegistry",
+    "RosterInvalid",
+    "Student",
+    "StudentOutcome",
+    "down",
+    "render",
+    "status",
+    "up",
+]
