@@ -19,15 +19,19 @@ from vmkit.errors import (
     HardwareVirtualizationUnavailable,
     InvalidInput,
     PortInUse,
+    ProviderError,
     ShareExists,
+    SSHError,
+    ToolMissing,
     VMExists,
     VMNotFound,
 )
 from vmkit.mechanisms.natpf import NatPF
 from vmkit.mechanisms.vboxsf import VBoxSF, share_tag
 from vmkit.providers.base import VMState
-from vmkit.providers.virtualbox import VirtualBoxProvider, backend
+from vmkit.providers.virtualbox import VBoxManage, VirtualBoxProvider, backend
 from vmkit.providers.virtualbox.nat import free_port
+from vmkit.providers.virtualbox.parsers import parse_showvminfo
 from vmkit.runner import run
 from vmkit.state import ForwardSpec, ShareSpec, SSHEndpoint, VMRecord
 from vmkit.testing import FakeSSHSession
@@ -92,6 +96,15 @@ def test_lifecycle(sim: Sim, provider: VirtualBoxProvider, box_disk: Path) -> No
     assert record.extra["vbox_name"] == "vmkit-lab" and len(record.extra["uuid"]) == 36
     assert record.ssh is not None and record.ssh.port == port
     assert provider.status(record).state is VMState.STOPPED
+    vm = sim.vbm.info("vmkit-lab")
+    # createvm's defaults already give no audio and no USB controller (no option needed).
+    assert (vm.raw["audio"], vm.raw["usb"], vm.raw["ioapic"], vm.raw["rtcuseutc"]) == (
+        "none",
+        "off",
+        "on",
+        "on",
+    )
+    assert (vm.memory, vm.cpus, vm.ostype) == (1024, 2, "Debian (64-bit)")
 
     mark = sim.mark()
     provider.start(record)
@@ -126,11 +139,13 @@ def test_create_i386_odd_home_and_existing(
     monkeypatch.setenv("VMKIT_HOME", str(tmp_path / ODD))
     record = new_record("old", arch="i386")
     provider.create(record, disk=box_disk)  # no seed file: only the disk is attached
-    calls = sim.calls()
-    assert calls[-4][3:5] == ["--ostype", "Debian"] or any(
-        c[:5] == ["createvm", "--name", "vmkit-old", "--ostype", "Debian"] for c in calls
-    )
-    assert [c[0] for c in sim.since(0)].count("storageattach") == 1
+    calls = sim.since(0)
+    folder = str(record.files.dir)
+    assert ODD in folder and (record.files.dir / "disk.vdi").is_file()
+    assert calls[0] == [
+        "createvm", "--name", "vmkit-old", "--ostype", "Debian", "--register", "--basefolder", folder,
+    ]  # fmt: skip
+    assert [c[0] for c in calls] == ["createvm", "modifyvm", "storagectl", "storageattach"]
     assert sim.vbm.info("vmkit-old").ostype == "Debian (32-bit)"
     with pytest.raises(VMExists, match="vmkit-old"):
         provider.create(VMRecord(name="old", provider="virtualbox", arch="i386"), disk=box_disk)
@@ -504,4 +519,70 @@ def test_docker_machine_share_is_reported(
 
 
 def test_backend_is_vboxmanage_without_sdk() -> None:
+    assert backend() == "vboxmanage"
+
+
+def test_fake_ssh_session_guest() -> None:
+    guest = FakeSSHSession()
+    with pytest.raises(TypeError):
+        guest.run("mount -a")  # type: ignore[arg-type]
+    guest.on(["docker", "info"], stdout="ok\n", once=True)
+    assert guest.run(["docker", "info"]).stdout == "ok\n"
+    assert guest.run(["docker", "info"]).stdout == ""  # the scripted answer was used up
+    r = guest.run(["mount", "-t", "tmpfs", "x", "/nope"], check=False)
+    assert r.exit_code == 32 and "does not exist" in r.stderr
+    guest.run(["mkdir", "-p", "--", "/a b/c"], sudo=True)
+    guest.run(["mount", "-t", "tmpfs", "-o", "size=1m", "x", "/a b/c"], sudo=True)
+    assert "x /a\\040b/c tmpfs size=1m 0 0" in guest.run(["cat", "/proc/self/mounts"]).stdout
+    with pytest.raises(GuestCommandFailed) as e:
+        guest.run(["modprobe", "nosuch"], sudo=True)
+    assert e.value.argv == ["sudo", "-n", "--", "modprobe", "nosuch"]
+    assert guest.calls[-1].sudo and guest.calls[-1].argv == ["modprobe", "nosuch"]
+    guest.close()
+    with pytest.raises(SSHError):
+        guest.run(["true"])
+
+
+def test_too_old_virtualbox_and_missing_vboxmanage(
+    sim: Sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VBOXSIM_VERSION", "5.1.38r122592")
+    record = VMRecord(name="lab", provider="virtualbox")
+    with pytest.raises(ProviderError, match=r"VirtualBox 5\.1\.38 is too old") as e:
+        VirtualBoxProvider(VBoxManage(sim.vbm.path)).status(record)
+    assert "upgrade" in e.value.hint
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("VMKIT_VBOXMANAGE", raising=False)
+    monkeypatch.setattr(
+        "vmkit.providers.virtualbox.discovery.candidates", lambda env, plat: [str(tmp_path / "no")]
+    )
+    with pytest.raises(ToolMissing, match="VBoxManage"):
+        VirtualBoxProvider().status(record)
+
+
+def test_aborted_vm_is_broken_with_the_log_reason(
+    provider: VirtualBoxProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logs = tmp_path / "Logs"
+    logs.mkdir()
+    (logs / "VBox.log").write_text(
+        "00:00:00.1 VirtualBox VM 7.0.14\n"
+        "00:00:05.2 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
+        "00:00:05.3 Guru Meditation -2701 (VERR_TRPM_DONT_PANIC)\n"
+    )
+    text = f'name="vmkit-lab"\nUUID="{"1" * 8}-1111-1111-1111-{"1" * 12}"\nLogFldr="{logs}"\nVMState="aborted"\n'
+    monkeypatch.setattr(provider.vbm, "find", lambda vm: parse_showvminfo(text))
+    status = provider.status(VMRecord(name="lab", provider="virtualbox"))
+    assert status.state is VMState.BROKEN and "aborted" in status.detail
+    assert status.errors[-1].endswith("Guru Meditation -2701 (VERR_TRPM_DONT_PANIC)")
+
+
+def test_backend_picks_pyvbox_only_with_the_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "vboxapi", types.ModuleType("vboxapi"))
+    monkeypatch.setitem(sys.modules, "virtualbox", types.ModuleType("virtualbox"))
+    assert backend() == "pyvbox"
+    monkeypatch.setitem(sys.modules, "vboxapi", None)  # import fails, as here without the SDK
     assert backend() == "vboxmanage"
