@@ -24,10 +24,11 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import paramiko
 import requests.adapters
 import urllib3
@@ -35,8 +36,10 @@ import urllib3.connection
 import urllib3.connectionpool
 
 from vmkit import procs, runner, state
-from vmkit.errors import DockerError, SSHError, VmkitError
+from vmkit.errors import DockerError, InvalidInput, SSHError, VmkitError
 from vmkit.home import InstanceFiles
+from vmkit.netutil import check_port_number
+from vmkit.providers.base import Progress, no_progress
 from vmkit.ssh import SSHSession
 
 if TYPE_CHECKING:
@@ -47,10 +50,14 @@ if TYPE_CHECKING:
 __all__ = [
     "GUEST_SOCKET",
     "ChannelOpener",
+    "RunSetup",
     "docker_client",
     "docker_host_url",
     "ensure_socket",
     "open_docker_channel",
+    "parse_forward",
+    "prepare_run",
+    "run",
     "socket_path",
 ]
 
@@ -408,3 +415,110 @@ if __name__ == "__main__":
         serve(Path(sys.argv[2]))
     else:
         sys.exit("usage: python -m vmkit.dockerhost serve VM_FOLDER")
+
+
+# -- running an image with shares and forwards --------------------------------------------
+
+
+@attrs.frozen
+class RunSetup:
+    """What ``prepare_run`` put in place: guest paths to mount and ports to publish."""
+
+    image: str
+    volumes: list[str]  # guest paths, mounted at the same path in the container
+    ports: list[tuple[int, int]]  # (host port, guest port = container port)
+
+    def docker_args(self) -> list[str]:
+        """``docker run`` options for the volumes and ports."""
+        args: list[str] = []
+        for v in self.volumes:
+            args += ["-v", f"{v}:{v}"]
+        for _, guest in self.ports:
+            args += ["-p", f"{guest}:{guest}"]
+        return args
+
+    def urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{host}/" for host, _ in self.ports]
+
+
+def parse_forward(text: str) -> tuple[int, int]:
+    """``"8888"`` → (8888, 8888); ``"8888:80"`` → (8888, 80): host port, guest/container port."""
+    host, _, guest = text.partition(":")
+    try:
+        h = int(host)
+        g = int(guest) if guest else h
+    except ValueError:
+        raise InvalidInput(
+            f"--forward {text!r} is not PORT or HOSTPORT:GUESTPORT", hint="e.g. --forward 8888"
+        ) from None
+    return check_port_number(h, "host port"), check_port_number(g, "guest port")
+
+
+def prepare_run(
+    vm: VM,
+    image: str,
+    *,
+    shares: Sequence[str | os.PathLike[str]] = (),
+    forwards: Sequence[tuple[int, int]] = (),
+    progress: Progress = no_progress,
+) -> RunSetup:
+    """Start the VM if needed, check the image and ports, then share and forward live.
+
+    ``DockerError`` if the image is not in the VM or a guest port is already published by a
+    container; the checks come before anything is shared or forwarded.
+    """
+    import docker.errors
+
+    if not vm.is_running():
+        vm.start(progress=progress)
+    client = vm.docker()
+    try:
+        try:
+            client.api.inspect_image(image)
+        except docker.errors.ImageNotFound:
+            raise DockerError(
+                f"image {image!r} is not in VM {vm.name!r}",
+                hint="load it with `vmkit image load FILE.tar`; `vmkit docker -- images` lists them",
+            ) from None
+        for _, guest in forwards:
+            for c in client.api.containers(filters={"publish": str(guest)}):
+                name = (c.get("Names") or [c["Id"][:12]])[0].lstrip("/")
+                raise DockerError(
+                    f"port {guest} in VM {vm.name!r} is already published by container {name}",
+                    hint=f"stop it (`vmkit docker -- stop {name}`) or pick another port",
+                )
+    except VmkitError:
+        raise
+    except Exception as e:
+        raise translate(e, f"checking {image} in VM {vm.name!r}") from e
+    finally:
+        client.close()
+    volumes = [vm.share(path, progress=progress).target for path in shares]
+    for host, guest in forwards:
+        vm.forward(host, guest)
+    return RunSetup(image, volumes, list(forwards))
+
+
+def run(
+    vm: VM,
+    image: str,
+    command: Sequence[str] | None = None,
+    *,
+    shares: Sequence[str | os.PathLike[str]] = (),
+    forwards: Sequence[tuple[int, int]] = (),
+    name: str | None = None,
+) -> Any:
+    """Run ``image`` detached with folders shared and ports forwarded; the docker-py container."""
+    setup = prepare_run(vm, image, shares=shares, forwards=forwards)
+    client = vm.docker()
+    try:
+        return client.containers.run(
+            image,
+            list(command) if command else None,
+            detach=True,
+            name=name,
+            volumes={v: {"bind": v, "mode": "rw"} for v in setup.volumes},
+            ports={f"{g}/tcp": g for _, g in setup.ports},
+        )
+    except Exception as e:
+        raise translate(e, f"running {image} in VM {vm.name!r}") from e
