@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from vmkit.errors import ProviderError, ToolMissing
-from vmkit.providers.virtualbox.discovery import candidates, check_series, find_vboxmanage
+from vmkit.providers.virtualbox.discover import candidates, check_series, find_vboxmanage, version
 from vmkit.providers.virtualbox.parsers import (
     NatRule,
     SharedFolder,
@@ -201,3 +201,19 @@ def test_missing_gives_toolmissing_with_hint(tmp_path: Path) -> None:
         find_vboxmanage(environ={"VMKIT_VBOXMANAGE": str(tmp_path / "nope")})
     override = _exe(tmp_path / "custom" / "vbm")
     assert find_vboxmanage(environ={"VMKIT_VBOXMANAGE": override, "PATH": os.defpath}) == override
+
+
+def test_discover_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "VBoxManage").write_text(
+        "#!/bin/sh\necho 'WARNING: vboxdrv not loaded'\necho 6.1.50_Debianr161033\n"
+    )
+    (good / "VBoxManage").chmod(0o755)
+    monkeypatch.setenv("PATH", str(good))
+    monkeypatch.delenv("VMKIT_VBOXMANAGE", raising=False)
+    assert version() == (6, 1, 50)
+    bad = _exe(tmp_path / "bad" / "VBoxManage")
+    Path(bad).write_text("#!/bin/sh\necho Oracle VM VirtualBox\n")
+    with pytest.raises(ProviderError, match="cannot tell the VirtualBox version"):
+        version(bad)

@@ -554,7 +554,7 @@ def test_too_old_virtualbox_and_missing_vboxmanage(
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.delenv("VMKIT_VBOXMANAGE", raising=False)
     monkeypatch.setattr(
-        "vmkit.providers.virtualbox.discovery.candidates", lambda env, plat: [str(tmp_path / "no")]
+        "vmkit.providers.virtualbox.discover.candidates", lambda env, plat: [str(tmp_path / "no")]
     )
     with pytest.raises(ToolMissing, match="VBoxManage"):
         VirtualBoxProvider().status(record)

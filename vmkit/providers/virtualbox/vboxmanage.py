@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vmkit.errors import ProviderError, VMNotFound
-from vmkit.providers.virtualbox.discovery import check_series, find_vboxmanage
+from vmkit.errors import VMNotFound
+from vmkit.providers.virtualbox.discover import check_series, find_vboxmanage, read_version
 from vmkit.providers.virtualbox.errors import error_rules
 from vmkit.providers.virtualbox.parsers import (
     VBoxVersion,
@@ -13,7 +13,6 @@ from vmkit.providers.virtualbox.parsers import (
     parse_guestproperty,
     parse_list_vms,
     parse_showvminfo,
-    parse_version,
 )
 from vmkit.runner import Result, run
 
@@ -34,13 +33,7 @@ class VBoxManage:
     def version(self) -> VBoxVersion:
         """The VirtualBox version; ``ProviderError`` if it is older than 5.2 or unreadable."""
         if self._version is None:
-            r = self("--version", timeout=30)
-            v = parse_version(r.stdout)
-            if v is None:
-                raise ProviderError(
-                    f"cannot tell the VirtualBox version from {self.path} --version: {r.stdout.strip()[:80]!r}",
-                    hint="reinstall VirtualBox",
-                )
+            v = read_version(self.path)
             check_series(v.series, str(v))
             self._version = v
         return self._version

@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping
 from pathlib import PureWindowsPath
 
 from vmkit.errors import ProviderError, ToolMissing
+from vmkit.providers.virtualbox.parsers import VBoxVersion, parse_version
+from vmkit.runner import run
 
 #: The oldest series vmkit drives; older ones lack the commands and output formats it relies on.
 MIN_SERIES = (5, 2)
@@ -75,3 +77,25 @@ def check_series(version: tuple[int, int], raw: str) -> None:
             f"VirtualBox {raw} is too old for vmkit (it needs 5.2 or newer)",
             hint="upgrade VirtualBox from https://www.virtualbox.org/wiki/Downloads",
         )
+
+
+def read_version(path: str) -> VBoxVersion:
+    """The version ``path --version`` prints; ``ProviderError`` if it prints none."""
+    r = run([path, "--version"], timeout=30)
+    v = parse_version(r.stdout)
+    if v is None:
+        raise ProviderError(
+            f"cannot tell the VirtualBox version from `{path} --version`: {r.stdout.strip()[:80]!r}",
+            hint="reinstall VirtualBox",
+        )
+    return v
+
+
+def version(path: str | None = None) -> tuple[int, int, int]:
+    """``(major, minor, patch)`` of the installed VirtualBox, without the minimum check.
+
+    ``ToolMissing`` if there is no VBoxManage; ``ProviderError`` if its answer is unreadable.
+    For choosing a provider: callers decide what an old release means for them.
+    """
+    v = read_version(path or find_vboxmanage())
+    return (v.major, v.minor, v.patch)
