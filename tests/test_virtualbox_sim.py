@@ -246,7 +246,12 @@ def test_adopt_docker_machine_default(
     by_uuid = provider.adopt(vm.uuid)
     assert by_uuid.vbox_name == "default"
 
-    record = VMRecord(name="default", provider="virtualbox", extra=vm.extra())
+    record = vm.to_record("default", host_key="ssh-ed25519 AAAAHK")
+    assert record.ssh == SSHEndpoint(
+        "127.0.0.1", 50022, "docker", vm.key_file or "", "ssh-ed25519 AAAAHK"
+    )
+    assert (record.provider, record.memory, record.cpus) == ("virtualbox", 1024, 1)
+    assert record.extra == vm.extra()
     provider.start(record)
     assert provider.status(record).running
     mark = sim.mark()
@@ -264,6 +269,9 @@ def test_adopt_old_style_rule_with_empty_host_ip(sim: Sim, provider: VirtualBoxP
     sim.vbm("modifyvm", "dev", "--natpf1", "ssh,tcp,,2222,,22", "--natpf1", "web,tcp,,8080,,80")
     vm = provider.adopt("dev")
     assert (vm.ssh_host, vm.ssh_port, vm.ssh_user, vm.key_file) == ("127.0.0.1", 2222, "", None)
+    assert vm.to_record("dev", host_key="ssh-ed25519 AAAA").ssh is None  # no user/key known
+    rec = vm.to_record("dev", host_key="ssh-ed25519 AAAA", user="me", key_file="/k")
+    assert rec.ssh is not None and (rec.ssh.port, rec.ssh.user) == (2222, "me")
     assert [r.name for r in vm.forwards] == ["web"]
 
 

@@ -90,6 +90,30 @@ class AdoptedVM:
         """The values to keep in ``VMRecord.extra``."""
         return {"vbox_name": self.vbox_name, "uuid": self.uuid, "adopted": True}
 
+    def to_record(
+        self, name: str, *, host_key: str, user: str | None = None, key_file: str | None = None
+    ) -> VMRecord:
+        """A ``VMRecord`` named ``name`` (``vmkit attach virtualbox:VM``).
+
+        ``host_key`` ("ssh-ed25519 AAAA...") is the guest's, obtained by the caller: VirtualBox
+        cannot tell it. Without an SSH rule, a user or a key file the record has no ``ssh``.
+        """
+        from vmkit.state import SSHEndpoint, VMRecord
+
+        user = user or self.ssh_user
+        key_file = key_file or self.key_file
+        ssh = None
+        if self.ssh_host and self.ssh_port and user and key_file and host_key:
+            ssh = SSHEndpoint(self.ssh_host, self.ssh_port, user, key_file, host_key)
+        return VMRecord(
+            name=name,
+            provider="virtualbox",
+            cpus=self.cpus or 1,
+            memory=self.memory or 1024,
+            ssh=ssh,
+            extra=self.extra(),
+        )
+
 
 def _log_errors(info: VMInfo) -> tuple[str, ...]:
     """Error lines of the VM's last VBox.log (why it aborted or failed to power up)."""
