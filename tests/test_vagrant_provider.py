@@ -18,7 +18,7 @@ import pytest
 
 from vmkit.errors import CommandTimeout, InvalidInput, NotFound, VMNotRunning
 from vmkit.providers.base import VMState
-from vmkit.providers.vagrant import VagrantProvider, errors
+from vmkit.providers.vagrant import VagrantProvider, attach_record, errors, parse_url
 from vmkit.ssh import SSHSession
 from vmkit.state import VMRecord
 
@@ -230,3 +230,24 @@ def test_live_shares_and_forwards_go_over_ssh(fake: Fake) -> None:
     (forward,) = provider.forward_mechanisms(record, no_ssh)
     assert share.name == provider.capabilities.share_mechanisms[0] == "sshfs"
     assert forward.name == provider.capabilities.forward_mechanisms[0] == "ssh-tunnel"
+
+
+def test_attach_urls(tmp_path: Path, fake: Fake) -> None:
+    assert parse_url("vagrant:./mylab") == (Path("mylab"), None)
+    assert parse_url("vagrant:/srv/lab:web") == (Path("/srv/lab"), "web")
+    odd = tmp_path / "a:b"
+    odd.mkdir()
+    assert parse_url(f"vagrant:{odd}") == (odd, None)
+    with pytest.raises(InvalidInput):
+        parse_url("ssh://x")
+    fake.set(
+        {
+            "status": {"stdout": RUNNING},
+            "ssh-config lab": {
+                "stdout": "Host lab\n  HostName h\n  User u\n  Port 2222\n  IdentityFile /k\n"
+            },
+            "ssh": {"stdout": KEY + "\n"},
+        }
+    )
+    record = attach_record(f"vagrant:{fake.project}:lab", "mylab")
+    assert (record.name, record.ssh.port if record.ssh else 0) == ("mylab", 2222)

@@ -6,6 +6,11 @@ python-vagrant); ``vagrantfile`` renders Vagrantfiles from templates with Ruby e
 
 from __future__ import annotations
 
-from vmkit.providers.vagrant.provider import VagrantMachine, VagrantProvider
+from vmkit.providers.vagrant.provider import (
+    VagrantMachine,
+    VagrantProvider,
+    attach_record,
+    parse_url,
+)
 
-__all__ = ["VagrantMachine", "VagrantProvider"]
+__all__ = ["VagrantMachine", "VagrantProvider", "attach_record", "parse_url"]

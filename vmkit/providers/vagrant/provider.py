@@ -277,3 +277,32 @@ def _box_name(project_dir: Path, machine: str, provider: str) -> str:
     except (OSError, ValueError):
         return ""
     return str(data.get("name", "")) if isinstance(data, dict) else ""
+
+
+def parse_url(url: str) -> tuple[Path, str | None]:
+    """``vagrant:DIR`` or ``vagrant:DIR:MACHINE`` → (project folder, machine or None)."""
+    if not url.startswith("vagrant:") or url == "vagrant:":
+        raise InvalidInput(f"{url!r} is not a vagrant: address", hint="use vagrant:DIR[:MACHINE]")
+    rest = url[len("vagrant:") :]
+    head, sep, tail = rest.rpartition(":")
+    # A folder whose name has a colon wins over the DIR:MACHINE reading.
+    if sep and head and tail and not Path(rest).expanduser().is_dir():
+        return Path(head).expanduser(), tail
+    return Path(rest).expanduser(), None
+
+
+def attach_record(
+    url: str,
+    name: str,
+    *,
+    up: bool = False,
+    provider: VagrantProvider | None = None,
+    progress: Progress = no_progress,
+) -> VMRecord:
+    """The record for ``vmkit attach vagrant:DIR[:MACHINE] --name NAME`` (host key pinned now)."""
+    project, machine = parse_url(url)
+    return (
+        (provider or VagrantProvider())
+        .adopt(project, machine, up=up, progress=progress)
+        .to_record(name)
+    )
