@@ -56,12 +56,20 @@ def vm(_session_vm: object, vm_home: Path, monkeypatch: pytest.MonkeyPatch) -> o
     return _session_vm
 
 
-def vmkit_cli(*args: str, home: Path, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def vmkit_cli(
+    *args: str, home: Path, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m vmkit ARGS`` as a user would, with the test's VMKIT_HOME."""
     env = dict(os.environ, VMKIT_HOME=str(home))
     r = subprocess.run(
-        [sys.executable, "-m", "vmkit", *args], capture_output=True, text=True, env=env, timeout=timeout
+        [sys.executable, "-m", "vmkit", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
     )
     if check and r.returncode != 0:
-        raise AssertionError(f"vmkit {' '.join(args)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
+        raise AssertionError(
+            f"vmkit {' '.join(args)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
+        )
     return r

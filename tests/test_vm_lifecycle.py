@@ -1,0 +1,131 @@
+"""Issue 3 on a real QEMU VM: create → start → ssh → status → stop → destroy, crash safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from tests.vmfixtures import SESSION_VM, vmkit_cli
+from vmkit import procs, state
+from vmkit.errors import HostKeyMismatch
+from vmkit.ssh import SSHSession
+
+pytestmark = pytest.mark.vm
+
+
+def test_ssh_runs_a_command_and_prints_the_architecture(vm: Any, vm_home: Path) -> None:
+    r = vmkit_cli("ssh", SESSION_VM, "--", "uname", "-m", home=vm_home)
+    assert r.stdout.strip() == "x86_64"
+
+
+def test_ssh_passes_arguments_unchanged(vm: Any, vm_home: Path) -> None:
+    weird = ["a b", "it's", "$(id)", "`id`", "ünï", "*"]
+    r = vmkit_cli("ssh", SESSION_VM, "--", "printf", "%s\\n", *weird, home=vm_home)
+    assert r.stdout.splitlines() == weird
+
+
+def test_ssh_exit_code_passes_through(vm: Any, vm_home: Path) -> None:
+    r = vmkit_cli("ssh", SESSION_VM, "--", "sh", "-c", "exit 7", home=vm_home, check=False)
+    assert r.returncode == 7
+
+
+def test_status_and_list_read_the_real_process(vm: Any, vm_home: Path) -> None:
+    assert "running" in vmkit_cli("status", SESSION_VM, home=vm_home).stdout
+    assert SESSION_VM in vmkit_cli("list", home=vm_home).stdout
+
+
+def test_per_vm_identity(vm: Any) -> None:
+    files = vm.record.files
+    assert oct(files.client_key.stat().st_mode & 0o777) == "0o600"
+    # The guest presents exactly the host key vmkit made for it.
+    offered = vm.run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]).stdout.split()[:2]
+    assert " ".join(offered) == vm.record.ssh.host_key
+    # No other VM's key, no well-known key: authorized_keys holds only this VM's key.
+    keys = vm.run(["cat", "/home/vmkit/.ssh/authorized_keys"]).stdout.strip().splitlines()
+    assert keys == [files.client_key.with_name("id_ed25519.pub").read_text().strip()]
+
+
+def test_a_different_host_key_is_refused(vm: Any) -> None:
+    other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    with (
+        pytest.raises(HostKeyMismatch),
+        SSHSession(attrs.evolve(vm.record.ssh, host_key=other)) as s,
+    ):
+        s.run(["true"])
+
+
+def test_dockerd_answers(vm: Any) -> None:
+    assert vm.run(["docker", "info", "--format", "{{.ServerVersion}}"]).stdout.strip()
+
+
+def _wait(cond: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_kill_9_during_up_then_status_tells_the_truth_and_destroy_cleans(
+    vm_home: Path, vm: Any
+) -> None:
+    env = dict(os.environ, VMKIT_HOME=str(vm_home))
+    name = "crash1"
+    files = state.InstanceFiles.of(name)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "vmkit", "up", name],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert _wait(lambda: files.pid.exists(), 60), "QEMU never started"
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        qemu_pid = procs.read_pid(files.pid)
+        out = vmkit_cli("status", name, home=vm_home).stdout
+        assert "starting" in out or "running" in out
+        assert procs.alive(qemu_pid, str(files.qmp))
+    finally:
+        vmkit_cli("destroy", name, "-f", home=vm_home)
+    assert not files.dir.exists()
+    assert not procs.alive(qemu_pid, str(files.qmp))
+    assert not procs.find(str(files.dir))
+
+
+def test_crash_during_create_is_broken_and_destroy_cleans(vm_home: Path, vm: Any) -> None:
+    files = state.new_folder("half")
+    files.disk.write_bytes(b"")  # what a create killed before saving its record leaves
+    out = vmkit_cli("status", "half", home=vm_home).stdout
+    assert "broken" in out and "creation did not finish" in out
+    vmkit_cli("destroy", "half", "-f", home=vm_home)
+    assert not files.dir.exists()
+
+
+def test_create_then_destroy_leaves_no_process_and_no_folder(vm_home: Path, vm: Any) -> None:
+    vmkit_cli("create", "t1", "--memory", "512", "--cpus", "1", home=vm_home)
+    rec = json.loads(state.InstanceFiles.of("t1").state.read_text())
+    assert rec["cpus"] == 1 and rec["memory"] == 512
+    assert "stopped" in vmkit_cli("status", "t1", home=vm_home).stdout
+    vmkit_cli("destroy", "t1", "-f", home=vm_home)
+    assert not state.InstanceFiles.of("t1").dir.exists()
+
+
+def test_ssh_on_a_stopped_vm_is_a_clear_error(vm_home: Path, vm: Any) -> None:
+    vmkit_cli("create", "t2", home=vm_home)
+    try:
+        r = vmkit_cli("ssh", "t2", "--", "true", home=vm_home, check=False)
+        assert r.returncode == 1
+        assert "not running" in r.stderr and "Traceback" not in r.stderr
+    finally:
+        vmkit_cli("destroy", "t2", "-f", home=vm_home)
