@@ -19,6 +19,9 @@ from vmkit.errors import VmkitError
 COMMAND_MODULES = [
     "vmkit.cli.vm_cmds",
     "vmkit.cli.share_cmds",
+    "vmkit.cli.host_cmds",
+    "vmkit.cli.docker_cmds",
+    "vmkit.cli.lab_cmds",
 ]
 
 

@@ -1,0 +1,112 @@
+"""Host-side commands: ``doctor`` and the ``box`` group (build, list, remove)."""
+
+from __future__ import annotations
+
+import shutil
+
+import click
+from rich.table import Table
+
+from vmkit import boxes
+from vmkit.cli.render import console, progress_printer
+
+# What doctor checks for, and the Debian package that provides it.
+_TOOLS = [
+    ("qemu-system-x86_64", "qemu-system-x86", "runs VMs"),
+    ("qemu-img", "qemu-utils", "makes VM disks"),
+    ("/usr/lib/qemu/virtiofsd", "qemu-system-common", "fast live shares (virtio-fs)"),
+    ("/usr/lib/openssh/sftp-server", "openssh-sftp-server", "live shares over SSH (sshfs)"),
+    ("ssh", "openssh-client", "`vmkit ssh`"),
+    ("mmdebstrap", "mmdebstrap", "building the vmkit-mini box"),
+    ("mkfs.ext4", "e2fsprogs", "building boxes and seed disks"),
+    ("docker", "docker.io (client only)", "`vmkit docker` with the host's CLI (optional)"),
+    ("VBoxManage", "VirtualBox", "the virtualbox provider (optional)"),
+    ("vagrant", "vagrant", "the vagrant provider and labs (optional)"),
+]
+
+
+def register(group: click.Group) -> None:
+    """Add ``doctor`` and ``box`` to ``group``."""
+    group.add_command(doctor)
+    group.add_command(box)
+    from vmkit.cli.lab_cmds import register_box_commands
+
+    register_box_commands(box)
+
+
+@click.command()
+def doctor() -> None:
+    """Check this host: hardware virtualization, the fallback vmkit will use, and tools."""
+    from vmkit.fallback import choose
+    from vmkit.hostvirt import detect, explain
+
+    hav = detect()
+    console.print(explain(hav), markup=False, soft_wrap=True)
+    plan = choose("qemu", hav, None)
+    console.print(
+        f"\nvmkit up will use: {plan.provider} ({plan.accel}), {plan.box} {plan.arch}. {plan.reason}",
+        markup=False,
+        soft_wrap=True,
+    )
+    vbox = _vbox_plan(hav)
+    if vbox:
+        console.print(vbox, markup=False, soft_wrap=True)
+    table = Table("TOOL", "FOUND", "FOR", "PACKAGE")
+    for tool, package, purpose in _TOOLS:
+        found = shutil.which(tool)
+        table.add_row(tool, "[green]yes[/]" if found else "[red]no[/]", purpose, package)
+    console.print(table)
+
+
+def _vbox_plan(hav: object) -> str | None:
+    from vmkit.errors import VmkitError
+    from vmkit.fallback import choose
+    from vmkit.providers.virtualbox import discover
+
+    try:
+        version = discover.version()
+        plan = choose("virtualbox", hav, version)  # type: ignore[arg-type]
+    except VmkitError:
+        return None
+    v = ".".join(map(str, version))
+    return f"vmkit up --provider virtualbox (VirtualBox {v}) will use: {plan.provider} {plan.arch}. {plan.reason}"
+
+
+@click.group()
+def box() -> None:
+    """Build, list and remove boxes (VM images) in vmkit's cache."""
+
+
+@box.command("build")
+@click.argument("name", default="vmkit-mini")
+@click.option("--arch", type=click.Choice(["amd64", "i386"]), default="amd64", show_default=True)
+@click.option("--force", is_flag=True, help="Rebuild even if the cache has it.")
+def box_build(name: str, arch: str, force: bool) -> None:
+    """Build box NAME from its recipe (Debian packages only; needs root and mmdebstrap)."""
+    b = boxes.build(name, arch, progress=progress_printer(), force=force)
+    size = b.disk.stat().st_size / 2**20
+    console.print(f"[green]✓[/] box {b.name} ({b.arch}) is in {b.dir} ({size:.0f} MiB disk)")
+
+
+@box.command("list")
+def box_list() -> None:
+    """The boxes in the cache."""
+    table = Table("NAME", "ARCH", "DISK", "BUILT", "FOLDER")
+    for b in boxes.list_boxes():
+        table.add_row(
+            b.name,
+            b.arch,
+            f"{b.disk.stat().st_size / 2**20:.0f} MiB",
+            str(b.manifest.get("built_at", "?")),
+            str(b.dir),
+        )
+    console.print(table)
+
+
+@box.command("remove")
+@click.argument("name", default="vmkit-mini")
+@click.option("--arch", type=click.Choice(["amd64", "i386"]), default="amd64", show_default=True)
+def box_remove(name: str, arch: str) -> None:
+    """Remove box NAME from the cache (VMs made from it keep working only until then: destroy them first)."""
+    boxes.remove(name, arch)
+    console.print(f"[green]✓[/] removed box {name} ({arch})")
