@@ -110,6 +110,8 @@ def test_vmkit_mini_recipe_parses() -> None:
         assert pkg in recipe.packages
     assert recipe.packages_for("amd64")[-1] == "linux-image-amd64"
     assert recipe.packages_for("i386")[-1] == "linux-image-686"
+    assert any("bookworm-security" in m for m in recipe.mirrors_for("amd64"))
+    assert recipe.mirrors_for("i386") and recipe.mirrors_for("i386") != recipe.mirrors
     assert len(recipe.sha256) == 64
 
 
@@ -181,6 +183,7 @@ def test_parse_recipe_accepts_a_minimal_recipe(tmp_path: Path) -> None:
         ({"arch": {"arm7": {"kernel_package": "k"}}}, "arch.arm7"),
         ({"arch": {"amd64": {}}}, "arch.amd64.kernel_package"),
         ({"disk_compression": "lz4"}, "disk_compression"),
+        ({"arch": {"amd64": {"kernel_package": "k", "mirrors": []}}}, "arch.amd64.mirrors"),
     ],
 )
 def test_parse_recipe_names_the_bad_key(tmp_path: Path, override: dict[str, Any], key: str) -> None:
@@ -255,6 +258,9 @@ def test_build_makes_a_verified_box(fake: FakeTools) -> None:
     assert f"--hook-dir={RECIPE / 'hooks'}" in mmdebstrap
     include = next(a for a in mmdebstrap if a.startswith("--include="))
     assert "docker.io" in include and "linux-image-amd64" in include
+    recipe = boxes.load_recipe("vmkit-mini")
+    assert mmdebstrap[-len(recipe.mirrors) :] == list(recipe.mirrors_for("amd64"))
+    assert mmdebstrap[-len(recipe.mirrors) - 2] == recipe.suite
     (mkfs,) = fake.tool_calls("mkfs.ext4")
     assert mkfs[mkfs.index("-L") + 1] == "vmkit-root"
     (depmod,) = fake.tool_calls("chroot")

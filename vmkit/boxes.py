@@ -56,19 +56,20 @@ FORMAT = 1
 
 _MERGED_USR_HOOKS = Path("/usr/share/mmdebstrap/hooks/merged-usr")
 
+# Order matters: apt reports a mirror mid-sync as "Failed to fetch ... unexpected size".
 _MMDEBSTRAP_RULES = [
     ErrorRule.of(
-        r"Temporary failure resolving|Could not resolve|Failed to fetch|Unable to connect",
+        r"^.*(File has unexpected size|Mirror sync in progress|Hash Sum mismatch).*$",
         lambda r, m: BoxBuildFailed(
-            "mmdebstrap could not download Debian packages",
-            hint="check the network connection to deb.debian.org and try again",
+            f"a Debian mirror served an index that is being updated: {m.group(0).strip()}",
+            hint="wait a few minutes and run `vmkit box build` again",
         ),
     ),
     ErrorRule.of(
-        r"File has unexpected size|Mirror sync in progress|Hash Sum mismatch",
+        r"^.*(Temporary failure resolving|Could not resolve|Failed to fetch|Unable to connect).*$",
         lambda r, m: BoxBuildFailed(
-            "a Debian mirror served an index that is being updated",
-            hint="wait a few minutes and run `vmkit box build` again",
+            f"mmdebstrap could not download Debian packages: {m.group(0).strip()}",
+            hint="check the network connection to deb.debian.org and try again",
         ),
     ),
     ErrorRule.of(
@@ -102,6 +103,7 @@ class Recipe:
     path_include: tuple[str, ...]
     keep_modules: tuple[str, ...]
     kernel_packages: Mapping[str, str]
+    arch_mirrors: Mapping[str, tuple[str, ...]]
     disk_compression: str
     sha256: str
 
@@ -118,6 +120,10 @@ class Recipe:
                 hint=f"use one of: {known}",
             )
         return [*self.packages, self.kernel_packages[arch]]
+
+    def mirrors_for(self, arch: str) -> tuple[str, ...]:
+        """The apt sources for ``arch``: its own ``mirrors`` if the recipe sets them."""
+        return self.arch_mirrors.get(arch, self.mirrors)
 
 
 @attrs.frozen
@@ -219,6 +225,7 @@ def parse_recipe(data: Mapping[str, Any], folder: Path) -> Recipe:
     if not isinstance(arches, dict) or not arches:
         raise bad("arch", "must have at least one [arch.NAME] table")
     kernels: dict[str, str] = {}
+    arch_mirrors: dict[str, tuple[str, ...]] = {}
     for arch, table in arches.items():
         if arch not in ARCHES:
             raise bad(f"arch.{arch}", f"is not a known architecture ({', '.join(ARCHES)})")
@@ -226,6 +233,15 @@ def parse_recipe(data: Mapping[str, Any], folder: Path) -> Recipe:
         if not isinstance(kernel, str) or not kernel:
             raise bad(f"arch.{arch}.kernel_package", "must be a non-empty string")
         kernels[arch] = kernel
+        if "mirrors" in table:
+            mirrors = table["mirrors"]
+            if (
+                not isinstance(mirrors, list)
+                or not mirrors
+                or not all(isinstance(m, str) and m for m in mirrors)
+            ):
+                raise bad(f"arch.{arch}.mirrors", "must be a list of non-empty strings")
+            arch_mirrors[arch] = tuple(mirrors)
 
     name = get_str("name")
     if name != folder.name:
@@ -262,6 +278,7 @@ def parse_recipe(data: Mapping[str, Any], folder: Path) -> Recipe:
         path_include=get_list("path_include", required=False),
         keep_modules=get_list("keep_modules"),
         kernel_packages=kernels,
+        arch_mirrors=arch_mirrors,
         disk_compression=compression,
         sha256=recipe_digest(folder),
     )
@@ -596,7 +613,7 @@ def _mmdebstrap(recipe: Recipe, arch: str, rootfs: Path, tools: _Tools) -> None:
         argv.append(f"--hook-dir={_MERGED_USR_HOOKS}")
     if recipe.hooks_dir.is_dir():
         argv.append(f"--hook-dir={recipe.hooks_dir}")
-    argv += [recipe.suite, str(rootfs), *recipe.mirrors]
+    argv += [recipe.suite, str(rootfs), *recipe.mirrors_for(arch)]
     for attempt in (1, 2):
         try:
             run(argv, timeout=1800, rules=_MMDEBSTRAP_RULES)
