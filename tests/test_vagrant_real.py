@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.vagrant_env import LibvirtNamespace
-from vmkit import packaging
+from vmkit import labs, packaging
 from vmkit.providers.base import VMState
-from vmkit.providers.vagrant import VagrantProvider, vagrantfile
+from vmkit.providers.vagrant import VagrantProvider
 
 pytestmark = [pytest.mark.vagrant, pytest.mark.timeout(1500)]
 
@@ -45,7 +45,10 @@ def libvirt_ns(tmp_path: Path) -> Iterator[LibvirtNamespace]:
         assert left == [], f"processes left in the namespace: {left}"
 
 
-def test_vmkit_mini_box_up_ssh_halt_destroy(libvirt_ns: LibvirtNamespace, tmp_path: Path) -> None:
+def test_vmkit_mini_box_up_ssh_halt_destroy(
+    libvirt_ns: LibvirtNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VMKIT_HOME", str(tmp_path / "vmkit-home"))
     times: dict[str, float] = {}
 
     started = time.monotonic()
@@ -58,51 +61,46 @@ def test_vmkit_mini_box_up_ssh_halt_destroy(libvirt_ns: LibvirtNamespace, tmp_pa
     listed = libvirt_ns.run("vagrant", "box", "list").stdout
     assert f"vmkit-mini (libvirt, {box.version})" in listed
 
-    project = tmp_path / "my lab"
-    project.mkdir()
-    (project / "Vagrantfile").write_text(
-        vagrantfile.render(
-            "docker-host",
-            {
-                "machine": "lab",
-                "vm_prefix": "t-",
-                "box": "vmkit-mini",
-                "box_url": "",
-                "description": "vmkit's real Vagrant test",
-                "cpus": 1,
-                "memory": 1024,
-                "ssh_port": None,
-                "forwards": [],
-                "synced_folders": [],
-                "libvirt_driver": "qemu",
-                "ssh_username": "",
-                "install_docker": False,
-            },
-        ),
-        encoding="utf-8",
+    # The teacher's path: a one-student lab from the docker-host template, run by vmkit.
+    roster = tmp_path / "students.csv"
+    roster.write_text("name\nLab O'Student\n", encoding="utf-8")
+    lab = labs.render(
+        "docker-host", roster, tmp_path / "course", cpus=1, memory=1024, libvirt_driver="qemu"
     )
+    (student,) = lab.students
+    assert student.machine == "lab-ostudent"
+    project = tmp_path / "course" / student.folder
     provider = VagrantProvider(command_prefix=libvirt_ns.prefix, env=libvirt_ns.env)
-    machine = provider.machines(project)
-    assert [(m.name, m.state) for m in machine] == [("lab", VMState.STOPPED)]
+    assert [(m.name, m.state) for m in provider.machines(project)] == [
+        (student.machine, VMState.STOPPED)
+    ]
 
-    lines: list[str] = []
+    events: list[labs.LabEvent] = []
     started = time.monotonic()
-    found = provider.adopt(project, up=True, progress=lines.append)
+    report = labs.up(tmp_path / "course", provider=provider, progress=events.append)
     times["up"] = time.monotonic() - started
-    assert any("Creating domain" in line for line in lines)
-    domains = libvirt_ns.run("virsh", "-c", "qemu:///system", "dumpxml", "t-lab").stdout
-    assert "<type arch='x86_64' machine=" in domains
-    assert "type='qemu'" in domains  # TCG: KVM was not requested
-    assert "<kernel>" in domains and "vmlinuz" in domains
+    assert report.ok, report.failed
+    assert [o.state for o in report.outcomes] == [VMState.RUNNING]
+    assert any("Creating domain" in e.message for e in events)
+    domain = f"course-{student.machine}"
+    xml = libvirt_ns.run("virsh", "-c", "qemu:///system", "dumpxml", domain).stdout
+    assert "<domain type='qemu'" in xml  # TCG: KVM was not requested
+    assert "<kernel>" in xml and "vmlinuz" in xml
 
+    started = time.monotonic()
+    found = provider.adopt(project)
+    times["attach"] = time.monotonic() - started
+    assert found.machine == student.machine
+    assert found.box == "vmkit-mini"
     record = found.to_record("lab")
+    assert record.extra["project_dir"] == str(project)
     assert provider.status(record).state is VMState.RUNNING
     assert found.ssh is not None
     assert found.ssh.user == "vmkit"
     assert found.ssh.host.startswith("192.168.121.")
     assert found.ssh.host_key.startswith("ssh-ed25519 ")
     # Vagrant replaced its insecure key with one for this machine.
-    assert found.ssh.key_file.endswith("machines/lab/libvirt/private_key")
+    assert found.ssh.key_file.endswith(f"machines/{student.machine}/libvirt/private_key")
 
     started = time.monotonic()
     checked = libvirt_ns.run(
@@ -121,7 +119,7 @@ def test_vmkit_mini_box_up_ssh_halt_destroy(libvirt_ns: LibvirtNamespace, tmp_pa
         timeout=120,
     )
     times["ssh"] = time.monotonic() - started
-    assert checked.stdout.split() == ["vmkit", "lab", "sudo-ok"]
+    assert checked.stdout.split() == ["vmkit", student.machine, "sudo-ok"]
 
     # A wrong pinned key is refused by the same client.
     wrong = found.ssh.host_key[:-8] + "AAAAAAAA"
@@ -150,22 +148,22 @@ def test_vmkit_mini_box_up_ssh_halt_destroy(libvirt_ns: LibvirtNamespace, tmp_pa
     assert "HostKeyMismatch" in refused.stderr
 
     started = time.monotonic()
-    provider.stop(record, timeout=180)
+    halted_lab = labs.down(tmp_path / "course", provider=provider, timeout=180)
     times["halt"] = time.monotonic() - started
+    assert halted_lab.ok, halted_lab.failed
     halted = provider.status(record)
     assert halted.state is VMState.STOPPED
     assert "shutoff" in halted.detail
 
     started = time.monotonic()
-    provider.destroy(record)
+    destroyed = labs.down(tmp_path / "course", destroy=True, provider=provider)
     times["destroy"] = time.monotonic() - started
+    assert destroyed.ok, destroyed.failed
+    assert labs.PortRegistry().allocations() == {}
     gone = provider.status(record)
     assert gone.state is VMState.STOPPED
     assert "not created" in gone.detail
-    assert (
-        "t-lab"
-        not in libvirt_ns.run("virsh", "-c", "qemu:///system", "list", "--all", "--name").stdout
-    )
+    assert domain not in libvirt_ns.run("virsh", "-c", "qemu:///system", "list", "--all").stdout
 
     libvirt_ns.run("vagrant", "box", "remove", "--force", "vmkit-mini")
     print("\nmeasured seconds:", json.dumps({k: round(v, 1) for k, v in times.items()}))
