@@ -585,6 +585,20 @@ def attach(
     return VM(record)
 
 
+def open_vm(address: str) -> VM:
+    """A VM by address: ``"qemu:NAME"``, ``"virtualbox:NAME"``, ``"vagrant:NAME"``, ``"ssh:NAME"``
+    or a bare ``"NAME"`` (any provider). The VM must be known to vmkit (created or attached)."""
+    provider, sep, name = address.partition(":")
+    if not sep:
+        return get(address)
+    vm = get(name)
+    if vm.record.provider != provider:
+        raise InvalidInput(
+            f"VM {name!r} belongs to provider {vm.record.provider!r}, not {provider!r}"
+        )
+    return vm
+
+
 def get(name: str) -> VM:
     """The VM named ``name``; ``VMNotFound`` if there is none."""
     check_name(name)

@@ -1,0 +1,48 @@
+"""The public API is pinned: a change to it is a decision, not an accident."""
+
+import vmkit
+from vmkit import errors
+
+
+def test_public_names() -> None:
+    assert sorted(vmkit.__all__) == sorted(
+        [
+            "VM",
+            "ForwardSpec",
+            "Result",
+            "ShareSpec",
+            "Status",
+            "VMState",
+            "VmkitError",
+            "attach",
+            "create",
+            "get",
+            "list_vms",
+            "open",
+            "resolve",
+            "up",
+        ]
+    )
+    for name in vmkit.__all__:
+        assert getattr(vmkit, name) is not None
+
+
+def test_every_error_is_a_vmkit_error_with_a_hintable_message() -> None:
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, Exception)]
+    assert all(issubclass(c, errors.VmkitError) for c in classes)
+    e = errors.VMNotFound("no VM named 'x'")
+    assert str(e) == "no VM named 'x' (see `vmkit list` for the VMs that exist)"
+
+
+def test_open_checks_the_provider(vmkit_home) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from vmkit import state
+    from vmkit.state import VMRecord
+
+    state.new_folder("a")
+    state.save(VMRecord(name="a", provider="qemu"))
+    assert vmkit.open("qemu:a").name == "a"
+    assert vmkit.open("a").name == "a"
+    with pytest.raises(errors.InvalidInput):
+        vmkit.open("virtualbox:a")
