@@ -321,9 +321,10 @@ def catalog_cmd(as_json: bool) -> None:
         click.echo(json.dumps([attrs.asdict(e) for e in entries], indent=2))
         return
     table = Table()
-    table.add_column("name", no_wrap=True)
-    for heading in ("arch", "source", "providers", "description"):
-        table.add_column(heading)
+    for heading in ("name", "arch", "source"):
+        table.add_column(heading, no_wrap=True)
+    table.add_column("providers")
+    table.add_column("description")
     for e in entries:
         table.add_row(e.name, e.arch, e.source, ", ".join(e.providers), e.description)
     console.print(table)
