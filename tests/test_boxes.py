@@ -412,3 +412,11 @@ def test_recipes_dir_missing_is_a_clear_error(
     monkeypatch.setattr(boxes, "__file__", str(fake_module))
     with pytest.raises(BoxNotFound, match="recipes folder"):
         boxes.recipes_dir()
+
+
+def test_ensure_builds_a_missing_box(fake: FakeTools) -> None:
+    with pytest.raises(BoxNotFound, match="vmkit box build vmkit-mini --arch amd64"):
+        boxes.find()
+    box = boxes.ensure()
+    assert len(fake.tool_calls("mmdebstrap")) == 1
+    assert boxes.find() == box
