@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from vmkit.cli import lab_cmds
-from vmkit.labs import RosterInvalid
+from vmkit.labs import LabFailed, RosterInvalid
 
 
 @pytest.fixture
@@ -144,6 +144,8 @@ def test_lab_status_reports_a_failure_with_exit_1(
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
     result = CliRunner().invoke(cli, ["lab", "status", str(out)], terminal_width=200)
-    assert result.exit_code == 1
+    # main() prints a VmkitError as one line and exits 1.
+    assert isinstance(result.exception, LabFailed)
+    assert "1 of 1 machines failed: ada" in str(result.exception)
     assert "1 of 1 failed" in result.output
     assert "not usable here" in result.output

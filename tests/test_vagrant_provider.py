@@ -31,6 +31,7 @@ FAKE = textwrap.dedent(
     with open(os.environ["FAKE_VAGRANT_LOG"], "a") as log:
         log.write(json.dumps({"argv": argv, "cwd_env": os.environ.get("VAGRANT_CWD"),
                               "home": os.environ.get("HOME"), "marker": os.environ.get("MARKER"),
+                              "default": os.environ.get("VAGRANT_DEFAULT_PROVIDER"),
                               "pid": os.getpid()}) + "\\n")
     key = " ".join(a for a in argv if a != "--machine-readable")
     step = scenario.get(key) or scenario.get(argv[0]) or {"code": 0}
@@ -127,6 +128,7 @@ def test_start_streams_progress_and_passes_provider(fake: Fake) -> None:
     assert seen[0][0] < seen[1][0] - 0.2
     (call,) = fake.calls()
     assert call["argv"] == ["up", "lab", "--provider", "libvirt", "--machine-readable"]
+    assert call["default"] == "libvirt"
 
 
 def test_failure_carries_vagrants_stderr(fake: Fake) -> None:

@@ -21,7 +21,7 @@ from rich.text import Text
 from vmkit import catalog, labs, packaging
 from vmkit.cli.render import console, progress_printer
 from vmkit.errors import InvalidInput
-from vmkit.labs.run import LabEvent, LabReport
+from vmkit.labs.run import LabEvent, LabFailed, LabReport
 
 
 def register(group: click.Group) -> None:
@@ -203,7 +203,7 @@ def _finish(report: LabReport) -> None:
         console.print(f"[red]{len(report.failed)} of {len(report.outcomes)} failed:[/]")
         for o in report.failed:
             console.print(f"  {o.machine}: {o.error}", markup=False, soft_wrap=True)
-        raise click.exceptions.Exit(1)
+        raise LabFailed(report)
 
 
 def _run_with_display(

@@ -9,11 +9,12 @@ from __future__ import annotations
 from vmkit.labs.ports import PortRegistry
 from vmkit.labs.render import PRESETS, LabManifest, LabStudent, render
 from vmkit.labs.roster import RosterInvalid, Student
-from vmkit.labs.run import LabEvent, LabReport, StudentOutcome, down, status, up
+from vmkit.labs.run import LabEvent, LabFailed, LabReport, StudentOutcome, down, status, up
 
 __all__ = [
     "PRESETS",
     "LabEvent",
+    "LabFailed",
     "LabManifest",
     "LabReport",
     "LabStudent",

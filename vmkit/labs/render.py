@@ -57,7 +57,7 @@ PRESETS: dict[str, Preset] = {
         shared_folder="/home/vagrant/work",
         gui=True,
         notes="Jupyter: in the VM run `jupyter notebook --ip=0.0.0.0 --port=8888 --no-browser`, "
-        "then open the address below on your computer. OOMMF: see the welcome file on the desktop.",
+        "then open the jupyter address above on your computer. OOMMF: see the welcome file on the desktop.",
     ),
     "docker-host": Preset(
         box="vmkit-mini",

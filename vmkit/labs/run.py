@@ -23,6 +23,19 @@ from vmkit.providers.vagrant import VagrantProvider
 from vmkit.state import VMRecord
 
 
+class LabFailed(VmkitError):
+    """Some students' machines failed a lab action; ``report`` has every outcome."""
+
+    def __init__(self, report: LabReport) -> None:
+        failed = report.failed
+        super().__init__(
+            f"lab {report.action}: {len(failed)} of {len(report.outcomes)} machines failed: "
+            + ", ".join(o.machine for o in failed),
+            hint="the errors are listed above; retry just those with --only MACHINE",
+        )
+        self.report = report
+
+
 @attrs.frozen
 class LabEvent:
     """Progress of one student's machine: ``phase`` is queued, running, done or failed."""

@@ -92,9 +92,16 @@ class VagrantProvider:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def vagrant_for(self, project_dir: Path) -> cli.VagrantCLI:
-        """A ``VagrantCLI`` for ``project_dir`` with this provider's prefix and environment."""
-        return cli.VagrantCLI(project_dir, command_prefix=self.command_prefix, env=self.env)
+    def vagrant_for(self, project_dir: Path, vagrant_provider: str = "") -> cli.VagrantCLI:
+        """A ``VagrantCLI`` for ``project_dir`` with this provider's prefix and environment.
+
+        ``vagrant_provider`` becomes ``VAGRANT_DEFAULT_PROVIDER``: without it ``vagrant status``
+        of a machine not created yet answers for whichever provider is usable on this host.
+        """
+        env = dict(self.env)
+        if vagrant_provider:
+            env["VAGRANT_DEFAULT_PROVIDER"] = vagrant_provider
+        return cli.VagrantCLI(project_dir, command_prefix=self.command_prefix, env=env)
 
     def _target(self, record: VMRecord) -> tuple[cli.VagrantCLI, str]:
         project = record.extra.get("project_dir")
@@ -104,7 +111,8 @@ class VagrantProvider:
                 f"VM {record.name!r} has no Vagrant project in its record",
                 hint="attach it again with `vmkit attach vagrant:DIR --name NAME`",
             )
-        return self.vagrant_for(Path(project)), str(machine)
+        wanted = str(record.extra.get("vagrant_provider") or "")
+        return self.vagrant_for(Path(project), wanted), str(machine)
 
     def machines(self, project_dir: Path) -> list[parse.MachineStatus]:
         """Every machine the project defines, with its state."""
