@@ -178,15 +178,14 @@ def test_virtualbox_box_is_made_and_shares_the_metadata(standin_box: Path, tmp_p
     assert disk is not None
     assert disk.get("{http://schemas.dmtf.org/ovf/envelope/1}capacity") == str(32 * 1024 * 1024)
     assert "config.vm.base_mac" in vf and "does not boot" in vf
-    # Same name, same version, other file name: a separate metadata file each.
-    assert (
-        json.loads(vbox.metadata_path.read_text())["versions"][0]["providers"][0]["name"]
-        == "virtualbox"
-    )
-    merged = packaging.write_metadata(
-        libvirt.metadata_path, "vmkit-mini", vbox.version, "virtualbox", vbox.path, vbox.sha256
-    )
-    assert [p["name"] for p in merged["versions"][0]["providers"]] == ["libvirt", "virtualbox"]
+    # Both boxes of one version in one folder share one metadata file.
+    assert vbox.metadata_path == libvirt.metadata_path == tmp_path / "vmkit-mini.json"
+    metadata = json.loads(vbox.metadata_path.read_text(encoding="utf-8"))
+    providers = metadata["versions"][0]["providers"]
+    assert [(p["name"], p["url"]) for p in providers] == [
+        ("libvirt", libvirt.path.as_uri()),
+        ("virtualbox", vbox.path.as_uri()),
+    ]
 
 
 def test_box_vagrantfile_is_valid_ruby(tmp_path: Path) -> None:

@@ -114,7 +114,9 @@ def package(
 ) -> PackagedBox:
     """Package the built box ``name``/``arch`` for ``provider`` into the box file ``output``.
 
-    Also writes ``output`` with suffix ``.json``: the versioned metadata for ``vagrant box add``.
+    Also writes ``<box name>.json`` beside ``output``: the versioned metadata for
+    ``vagrant box add`` (a box of the other provider packaged into the same folder is added
+    to the same file).
     ``libvirt_driver`` (``"qemu"`` or ``"kvm"``) is written into the box's Vagrantfile when
     given; otherwise vagrant-libvirt's default (kvm) applies unless the project sets it.
     """
@@ -169,7 +171,8 @@ def package(
                 tar.add(item, arcname=item.name)
         digest = _sha256(partial)
         partial.replace(output)
-    meta_path = output.with_suffix(".json")
+    # One metadata file per box name and folder: the libvirt and VirtualBox boxes share it.
+    meta_path = output.parent / f"{box_name}.json"
     write_metadata(meta_path, box_name, version, provider, output, digest, box.manifest)
     return PackagedBox(
         box_name=box_name,
