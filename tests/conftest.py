@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.vmfixtures"]
+pytest_plugins = ["tests.vmfixtures", "tests.conftest_vbox"]
 
 
 @pytest.fixture

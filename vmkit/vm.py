@@ -23,12 +23,14 @@ from vmkit.errors import (
     ForwardExists,
     ForwardNotFound,
     GuestError,
+    HostKeyMismatch,
     InvalidInput,
     NotSupported,
     ShareExists,
     ShareNotFound,
     SSHError,
     VMAmbiguous,
+    VMExists,
     VmkitError,
     VMNotFound,
     VMNotRunning,
@@ -90,6 +92,12 @@ class VM:
 
     def is_running(self) -> bool:
         return self.status().state in (VMState.RUNNING, VMState.STARTING)
+
+    def _require_changeable(self) -> None:
+        """Running, or stopped on a provider that applies changes at the next start."""
+        if self.provider.capabilities.offline_changes and self.status().state is VMState.STOPPED:
+            return
+        self.require_running()
 
     def require_running(self) -> None:
         st = self.status()
@@ -298,7 +306,7 @@ class VM:
                         f"guest path {dest} is already used by the share of {s.source}",
                         hint="pick another --to path",
                     )
-            self.require_running()
+            self._require_changeable()
             spec = ShareSpec(source=str(source), target=dest, readonly=readonly)
             mech = self._pick(self._share_mechs(), mechanism, "share")
             progress(f"sharing {source} at {dest} in the guest with {mech.name}")
@@ -316,7 +324,7 @@ class VM:
         with state.locked(self.name):
             self.reload()
             spec = self._find_share(str(path))
-            if self.is_running():
+            if self.is_running() or self.provider.capabilities.offline_changes:
                 self._mech_named(self._share_mechs(), spec.mechanism).remove(spec)
             self.record.shares = [s for s in self.record.shares if s is not spec]
             state.save(self.record)
@@ -377,7 +385,7 @@ class VM:
                         f"host port {host_port}/{proto} already forwards to guest port {f.guest_port}",
                         hint=f"`vmkit unforward {host_port}` first",
                     )
-            self.require_running()
+            self._require_changeable()
             require_free(host_port, host_ip, proto)
             mech = self._pick(self._forward_mechs(), mechanism, "forward")
             done = mech.add(spec)
@@ -399,7 +407,7 @@ class VM:
                     f"host port {host_port}/{proto} is not forwarded to VM {self.name!r}"
                 )
             spec = match[0]
-            if self.is_running():
+            if self.is_running() or self.provider.capabilities.offline_changes:
                 self._mech_named(self._forward_mechs(), spec.mechanism).remove(spec)
             self.record.forwards = [f for f in self.record.forwards if f is not spec]
             state.save(self.record)
@@ -565,24 +573,72 @@ def attach(
     *,
     key: str | os.PathLike[str] | None = None,
     fingerprint: str | None = None,
+    user: str | None = None,
+    progress: Progress = no_progress,
 ) -> VM:
-    """Adopt a machine vmkit did not create: ``ssh://user@host[:port]`` (more schemes by provider)."""
+    """Adopt a machine vmkit did not create, so share/forward/ssh work on it.
+
+    ``ssh://user@host[:port]`` (needs ``key``), ``virtualbox:VMNAME`` (e.g. docker-machine's
+    ``default``) or ``vagrant:PROJECT_DIR[:MACHINE]``. The guest's host key is pinned now:
+    from ``~/.ssh/known_hosts`` or Vagrant when they know it, else as offered (trust on
+    attach; pass ``fingerprint`` to check it).
+    """
     check_name(name)
     scheme = url.split(":", 1)[0]
-    if scheme != "ssh":
-        raise InvalidInput(f"cannot attach {url!r}", hint="use ssh://user@host[:port]")
-    from vmkit.providers.sshhost import endpoint_for
+    if state.exists(name):
+        raise VMExists(f"a VM named {name!r} exists already")
+    if scheme == "ssh":
+        from vmkit.providers.sshhost import endpoint_for
 
-    if key is None:
-        raise InvalidInput("attaching an SSH host needs its private key", hint="pass --key PATH")
-    endpoint = endpoint_for(
-        url, Path(os.fspath(key)).expanduser(), expected_fingerprint=fingerprint
-    )
-    record = VMRecord(name=name, provider="ssh", box="", ssh=endpoint, extra={"url": url})
+        if key is None:
+            raise InvalidInput(
+                "attaching an SSH host needs its private key", hint="pass --key PATH"
+            )
+        endpoint = endpoint_for(
+            url, Path(os.fspath(key)).expanduser(), expected_fingerprint=fingerprint
+        )
+        record = VMRecord(name=name, provider="ssh", ssh=endpoint, extra={"url": url})
+    elif scheme == "virtualbox":
+        record = _attach_virtualbox(url, name, key=key, user=user, fingerprint=fingerprint)
+    elif scheme == "vagrant":
+        from vmkit.providers.vagrant import attach_record
+
+        record = attach_record(url, name, progress=progress)
+    else:
+        raise InvalidInput(
+            f"cannot attach {url!r}",
+            hint="use ssh://user@host[:port], virtualbox:VMNAME or vagrant:PROJECT_DIR",
+        )
     with state.locked(name):
         state.new_folder(name)
         state.save(record)
     return VM(record)
+
+
+def _attach_virtualbox(
+    url: str,
+    name: str,
+    *,
+    key: str | os.PathLike[str] | None,
+    user: str | None,
+    fingerprint: str | None,
+) -> VMRecord:
+    from vmkit.providers.sshhost import fetch_host_key
+    from vmkit.providers.sshhost import fingerprint as fp
+    from vmkit.providers.virtualbox import VirtualBoxProvider
+
+    adopted = VirtualBoxProvider().adopt(url.split(":", 1)[1])
+    host_key = ""
+    if adopted.ssh_port is not None and adopted.state is VMState.RUNNING:
+        host_key = fetch_host_key(adopted.ssh_host or "127.0.0.1", adopted.ssh_port)
+        if fingerprint and fp(host_key) != fingerprint:
+            raise HostKeyMismatch(
+                f"VirtualBox VM {adopted.vbox_name!r} has host key {fp(host_key)}, not {fingerprint}"
+            )
+    record = adopted.to_record(
+        name, host_key=host_key, user=user, key_file=os.fspath(key) if key else None
+    )
+    return record
 
 
 def open_vm(address: str) -> VM:

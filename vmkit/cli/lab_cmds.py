@@ -99,6 +99,7 @@ def _libvirt_driver(choice: str) -> str:
 )
 @click.option("--name", "lab_name", help="Lab name (default: from the folder name).")
 @click.option("--box", help="Box for every machine (default: the template's).")
+@click.option("--box-url", default="", help="Where vagrant gets the box if it is not added yet.")
 @click.option("--provider", type=click.Choice(["virtualbox", "libvirt"]), help="Vagrant provider.")
 @click.option("--cpus", type=int)
 @click.option("--memory", type=int, help="MiB of RAM per machine.")
@@ -123,6 +124,7 @@ def render_cmd(
     port_range: str,
     lab_name: str | None,
     box: str | None,
+    box_url: str,
     provider: str | None,
     cpus: int | None,
     memory: int | None,
@@ -141,6 +143,7 @@ def render_cmd(
         port_range=_port_range(port_range),
         lab_name=lab_name,
         box=box,
+        box_url=box_url,
         provider=provider,
         cpus=cpus,
         memory=memory,

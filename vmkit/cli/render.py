@@ -8,8 +8,8 @@ from rich.console import Console
 
 from vmkit.providers.base import Progress, Status, VMState
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 _COLOURS = {
     VMState.RUNNING: "green",

@@ -55,7 +55,8 @@ def share(
         progress=progress_printer(),
     )
     console.print(
-        f"[green]✓[/] {spec.source} → {vm.name}:{spec.target} ({spec.mechanism})", soft_wrap=True
+        f"[green]✓[/] {spec.source} → {vm.name}:{spec.target} ({spec.mechanism}){_when(vm)}",
+        soft_wrap=True,
     )
 
 
@@ -85,6 +86,10 @@ def shares(vm_name: str | None) -> None:
             "yes" if (s.source, s.target) in active else "[red]no[/]",
         )
     console.print(table)
+
+
+def _when(vm: api.VM) -> str:
+    return "" if vm.is_running() else "; the VM is stopped: it takes effect when the VM starts"
 
 
 def _parse_ports(spec: str) -> tuple[int, int]:
@@ -121,7 +126,7 @@ def forward(
     )
     console.print(
         f"[green]✓[/] {spec.host_ip}:{spec.host_port} → {vm.name}:{spec.guest_port}/{spec.proto} "
-        f"({spec.mechanism})"
+        f"({spec.mechanism}){_when(vm)}"
     )
 
 
@@ -158,10 +163,13 @@ def forwards(vm_name: str | None) -> None:
 @click.argument("url")
 @click.option("--name", required=True, help="The name vmkit will know it by.")
 @click.option("--key", type=click.Path(dir_okay=False), help="Private key for ssh:// hosts.")
-@click.option("--fingerprint", help="Expected SHA256:... host key fingerprint (ssh:// hosts).")
-def attach(url: str, name: str, key: str | None, fingerprint: str | None) -> None:
+@click.option("--user", help="SSH user (virtualbox: VMs; default: docker-machine's 'docker').")
+@click.option("--fingerprint", help="Expected SHA256:... host key fingerprint.")
+def attach(url: str, name: str, key: str | None, user: str | None, fingerprint: str | None) -> None:
     """Adopt an existing machine: ssh://user@host[:port], virtualbox:VMNAME, vagrant:PROJECT_DIR."""
-    vm = api.attach(url, name, key=key, fingerprint=fingerprint)
+    vm = api.attach(
+        url, name, key=key, user=user, fingerprint=fingerprint, progress=progress_printer()
+    )
     ep = vm.record.ssh
     console.print(f"[green]✓[/] attached {url} as [bold]{name}[/]", soft_wrap=True)
     if ep is not None:

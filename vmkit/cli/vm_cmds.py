@@ -63,7 +63,7 @@ def _create(
 
     hav = detect()
     plan = choose(provider, hav, _vbox_version() if provider == "virtualbox" else None)
-    if not hav.usable:
+    if not hav.usable and plan.provider == "qemu":
         console.print(f"[yellow]![/] {notice(hav)}", soft_wrap=True)
     if (plan.provider, plan.arch) != (provider, arch):
         console.print(f"[yellow]![/] {plan.reason}", soft_wrap=True)

@@ -65,6 +65,8 @@ class Capabilities:
     #: Forwards and shares may be changed while the VM runs.
     live_shares: bool = True
     live_forwards: bool = True
+    #: Forwards and shares may be added to a stopped VM (they take effect when it starts).
+    offline_changes: bool = False
 
 
 class Provider(Protocol):

@@ -135,6 +135,7 @@ class VirtualBoxProvider:
     capabilities: ClassVar[Capabilities] = Capabilities(
         share_mechanisms=("vboxsf",),
         forward_mechanisms=("natpf",),
+        offline_changes=True,
     )
 
     def __init__(self, vbm: VBoxManage | None = None, *, poll_interval: float = 1.0) -> None:
