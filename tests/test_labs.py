@@ -196,6 +196,9 @@ def test_render_refuses_to_overwrite_and_bad_options(tmp_path: Path) -> None:
         labs.render(custom, csv, tmp_path / "y")
     m = labs.render(custom, csv, tmp_path / "z", box="debian/bookworm64")
     assert m.box == "debian/bookworm64"
+    labs.render("course-lab", csv, tmp_path / "u", box_url="file:///srv/vmkit-mini.json")
+    student = (tmp_path / "u" / "student-00-obrien" / "Vagrantfile").read_text(encoding="utf-8")
+    assert 'm.vm.box_url = "file:///srv/vmkit-mini.json"' in student
     with pytest.raises(InvalidInput, match="not a rendered lab"):
         labs.LabManifest.load(tmp_path / "nowhere")
 
@@ -267,6 +270,9 @@ def test_lab_up_status_down_with_a_failing_student(
         peak = max(peak, running)
     assert len(starts) == 5
     assert peak == 2
+    # The first machine comes up alone (it adds the box and its base volume).
+    first = manifest.students[0].machine
+    assert all(t >= ends[first] for m, t in starts.items() if m != first)
 
     state.write_text("shutoff", encoding="utf-8")
     st = labs.status(tmp_path / "lab", only=[broken])

@@ -130,6 +130,7 @@ def render(
     port_range: tuple[int, int] = (20000, 29999),
     lab_name: str | None = None,
     box: str | None = None,
+    box_url: str = "",
     provider: str | None = None,
     cpus: int | None = None,
     memory: int | None = None,
@@ -141,7 +142,8 @@ def render(
     """Write one Vagrant project per student of ``roster_csv`` into ``out_dir``.
 
     ``template`` is a shipped template name (its preset gives the defaults) or the path of a
-    ``.j2`` file (then ``box`` is required). ``libvirt_driver`` is ``"kvm"``, or ``"qemu"`` on
+    ``.j2`` file (then ``box`` is required). ``box_url`` lets ``vagrant up`` add the box by
+    itself (e.g. the ``file://`` metadata JSON of ``vmkit box package``). ``libvirt_driver`` is ``"kvm"``, or ``"qemu"`` on
     hosts without VT-x/AMD-V. ``out_dir`` must not hold a rendered lab already.
     """
     out_dir = Path(out_dir).resolve()
@@ -189,6 +191,7 @@ def render(
             out_dir=out_dir,
             lab=name,
             box=box or (preset.box if preset else ""),
+            box_url=box_url,
             provider=provider or (preset.provider if preset else "libvirt"),
             cpus=cpus or (preset.cpus if preset else 1),
             memory=memory or (preset.memory if preset else 1024),
@@ -217,6 +220,7 @@ def _write(
     out_dir: Path,
     lab: str,
     box: str,
+    box_url: str,
     provider: str,
     cpus: int,
     memory: int,
@@ -239,7 +243,7 @@ def _write(
             "machine": student.machine,
             "vm_prefix": f"{lab}-",
             "box": box,
-            "box_url": "",
+            "box_url": box_url,
             "description": f"{student.name} — lab {lab}",
             "cpus": cpus,
             "memory": memory,

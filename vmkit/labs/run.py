@@ -117,6 +117,7 @@ def _each(
     parallel: int,
     progress: LabProgress,
     only: Sequence[str] | None,
+    first_alone: bool = False,
 ) -> LabReport:
     if parallel < 1:
         raise InvalidInput(f"--parallel {parallel} must be at least 1")
@@ -145,8 +146,12 @@ def _each(
             s.machine, s.name, True, state, detail, seconds=time.monotonic() - started
         )
 
+    head: list[StudentOutcome] = []
+    rest = students
+    if first_alone and parallel > 1 and len(students) > 1:
+        head, rest = [one(students[0])], students[1:]
     with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix=f"lab-{action}") as pool:
-        outcomes = tuple(pool.map(one, students))
+        outcomes = (*head, *pool.map(one, rest))
     return LabReport(action, lab_dir, outcomes)
 
 
@@ -158,7 +163,12 @@ def up(
     only: Sequence[str] | None = None,
     provider: VagrantProvider | None = None,
 ) -> LabReport:
-    """``vagrant up`` every student's machine (or those in ``only``), ``parallel`` at a time."""
+    """``vagrant up`` every student's machine (or those in ``only``), ``parallel`` at a time.
+
+    The first machine comes up alone: its ``up`` adds the box and (vagrant-libvirt) uploads
+    the box's base volume into the storage pool, which parallel ``up``s of one box would race
+    for ("storage volume ... exists already"); after it, each ``up`` only clones that volume.
+    """
     p = provider or VagrantProvider()
 
     def step(record: VMRecord, line: Callable[[str], None]) -> tuple[VMState | None, str]:
@@ -166,7 +176,9 @@ def up(
         s = p.status(record)
         return s.state, s.detail
 
-    return _each("up", lab_dir, step, parallel=parallel, progress=progress, only=only)
+    return _each(
+        "up", lab_dir, step, parallel=parallel, progress=progress, only=only, first_alone=True
+    )
 
 
 def status(
