@@ -10,6 +10,7 @@ Prints the median latency of a docker-py call over the kept connection, a raw ex
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import subprocess
 import sys
@@ -18,11 +19,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _imagetar
-
 import vmkit.vm as api
 from vmkit import images
+
+# This file is named docker.py: its folder must not shadow the docker package on sys.path.
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+_spec = importlib.util.spec_from_file_location("_imagetar", HERE / "_imagetar.py")
+assert _spec is not None and _spec.loader is not None
+_imagetar = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_imagetar)
 
 
 def median_ms(fn: Callable[[], object], n: int) -> float:

@@ -6,6 +6,7 @@ One VM for the module (``VMKIT_HOME`` in a temp folder). Images are built on the
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -16,12 +17,17 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import _imagetar
-
 import vmkit.vm as api
 from vmkit import dockerhost, images
 from vmkit.errors import DockerError, InvalidInput
+
+# bench/ holds docker.py, so it must not go on sys.path (it would shadow the docker package).
+_spec = importlib.util.spec_from_file_location(
+    "_imagetar", Path(__file__).resolve().parent.parent / "bench" / "_imagetar.py"
+)
+assert _spec is not None and _spec.loader is not None
+_imagetar = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_imagetar)
 
 pytestmark = pytest.mark.vm
 
