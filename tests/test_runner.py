@@ -27,7 +27,10 @@ def test_failure_carries_the_result() -> None:
 def test_known_error_text_maps_to_exception() -> None:
     rules = [ErrorRule.of(r"address already in use", lambda r, m: PortInUse("taken"))]
     with pytest.raises(PortInUse):
-        run([sys.executable, "-c", "import sys; sys.exit('bind: address already in use')"], rules=rules)
+        run(
+            [sys.executable, "-c", "import sys; sys.exit('bind: address already in use')"],
+            rules=rules,
+        )
 
 
 def test_missing_tool() -> None:

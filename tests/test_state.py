@@ -12,7 +12,9 @@ from vmkit.state import ForwardSpec, ShareSpec, SSHEndpoint, VMRecord
 def test_round_trip(vmkit_home: Path) -> None:
     state.new_folder("a1")
     rec = VMRecord(
-        name="a1", provider="qemu", box="vmkit-mini",
+        name="a1",
+        provider="qemu",
+        box="vmkit-mini",
         ssh=SSHEndpoint("127.0.0.1", 2222, "vmkit", "/k", "ssh-ed25519 AAAA"),
         shares=[ShareSpec("/x y", "/x y", mechanism="virtiofs", tag="t")],
         forwards=[ForwardSpec(8888, 8888, mechanism="hostfwd")],
@@ -55,7 +57,7 @@ def _writer(home: str, n: int) -> None:
     os.environ["VMKIT_HOME"] = home
     from vmkit import state as st
 
-    for i in range(n):
+    for _ in range(n):
         with st.locked("shared"):
             rec = st.load("shared")
             rec.forwards.append(ForwardSpec(10000 + len(rec.forwards), 1))

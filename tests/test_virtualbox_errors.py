@@ -193,7 +193,7 @@ def _classify(text: str, argv: list[str]) -> VmkitError | None:
 
 def test_every_block_of_errors_md_is_covered() -> None:
     assert len(BLOCKS) == len(EXPECTED)
-    for block, (fragment, _cls, _argv) in zip(BLOCKS, EXPECTED):
+    for block, (fragment, _cls, _argv) in zip(BLOCKS, EXPECTED, strict=True):
         assert fragment in block.splitlines()[0]
 
 

@@ -37,7 +37,6 @@ from vmkit.state import ForwardSpec, ShareSpec, SSHEndpoint, VMRecord
 from vmkit.testing import FakeSSHSession
 from vmkit.testing.vboxsim import VBoxSim as Sim
 
-
 ODD = "dir with spaces 'q' \"dq\" $(touch x) ü"
 
 

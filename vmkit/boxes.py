@@ -22,6 +22,7 @@ import shutil
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,6 @@ from vmkit.errors import (
 )
 from vmkit.providers.base import Progress, no_progress
 from vmkit.runner import ErrorRule, run, which
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python < 3.11
-    import tomli as tomllib
 
 ARCHES = ("amd64", "i386")
 MANIFEST = "manifest.json"

@@ -9,12 +9,12 @@ entry it is in, so a broken catalog is fixed in one go.
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
-import tomllib
 
 from vmkit import home
 from vmkit.errors import BoxNotFound, InvalidInput

@@ -7,8 +7,8 @@ shell is the only shell that ever sees them, and every argument is quoted for it
 from __future__ import annotations
 
 import base64
+import logging
 import shlex
-import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -19,6 +19,11 @@ import paramiko
 from vmkit.errors import GuestCommandFailed, HostKeyMismatch, SSHError
 from vmkit.runner import Result
 from vmkit.state import SSHEndpoint
+
+# paramiko logs connection failures itself; vmkit raises them as SSHError instead, so without
+# a handler Python's last-resort handler would print them a second time, as tracebacks.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 
 class _PinnedHostKey(paramiko.MissingHostKeyPolicy):
@@ -148,7 +153,7 @@ class SSHSession:
             out, err = _drain(chan, timeout)
             code = chan.recv_exit_status()
             chan.close()
-        except socket.timeout as e:
+        except TimeoutError as e:
             raise SSHError(
                 f"`{shlex.join(args)[:100]}` did not finish within {timeout:g} s in the guest"
             ) from e
@@ -197,7 +202,7 @@ def _drain(chan: paramiko.Channel, timeout: float) -> tuple[bytes, bytes]:
             return bytes(out), bytes(err)
         if not progressed:
             if time.monotonic() > deadline:
-                raise socket.timeout()
+                raise TimeoutError()
             time.sleep(0.005)
 
 

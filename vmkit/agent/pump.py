@@ -171,7 +171,7 @@ class Tunnel:
         while not self._stop.is_set():
             try:
                 conn, peer = self._sock.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

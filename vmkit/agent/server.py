@@ -131,7 +131,7 @@ class Agent:
                     break  # the VM was destroyed
                 try:
                     conn, _ = srv.accept()
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 threading.Thread(target=self._serve_one, args=(conn,), daemon=True).start()
         finally:

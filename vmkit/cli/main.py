@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and ``python -m vmkit``."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        cli.main(args=argv, prog_name="vmkit", standalone_mode=False)
+        # Without standalone mode click returns ctx.exit()'s code instead of exiting.
+        code = cli.main(args=argv, prog_name="vmkit", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
@@ -59,4 +60,4 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         err_console.print(f"error: {e}", markup=False, soft_wrap=True)
         sys.exit(1)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)

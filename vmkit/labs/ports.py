@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +108,7 @@ class PortRegistry:
                     hint="give a wider --port-range, or release old labs with "
                     "`vmkit lab down --destroy DIR`",
                 )
-            labs[key] = {"ports": chosen, "since": datetime.now(timezone.utc).isoformat()}
+            labs[key] = {"ports": chosen, "since": datetime.now(UTC).isoformat()}
         return chosen
 
     def release(self, owner: Path) -> list[int]:

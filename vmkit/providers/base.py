@@ -26,7 +26,7 @@ def no_progress(_: str) -> None:
     """A ``Progress`` that shows nothing."""
 
 
-class VMState(str, enum.Enum):
+class VMState(enum.StrEnum):
     """What a VM is doing, read from the real hypervisor each time."""
 
     STOPPED = "stopped"

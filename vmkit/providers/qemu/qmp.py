@@ -40,7 +40,7 @@ class QMP:
                 sent=sent,
                 received=e.error,
             ) from e
-        except (asyncio.TimeoutError, TimeoutError) as e:
+        except TimeoutError as e:
             raise QMPError(f"QEMU's monitor did not answer within {timeout:g} s", sent=sent) from e
         except ConnectError as e:
             raise QMPError(

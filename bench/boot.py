@@ -1,0 +1,138 @@
+"""Boot → SSH-ready: `vmkit up` against a bare qemu-system boot of the same kernel and disk.
+
+Both boots go to the same point (an SSH login with the pinned host key succeeds), on the same
+box, alternating, in one run; the result is a ratio. Run: python bench/boot.py [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import vmkit.vm as api
+from vmkit import boxes, keys
+from vmkit.netutil import free_port
+from vmkit.seed import make_seed
+from vmkit.ssh import SSHSession
+from vmkit.state import SSHEndpoint
+
+
+def wait_login(endpoint: SSHEndpoint, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            with SSHSession(endpoint, connect_timeout=5) as s:
+                s.run(["true"], timeout=10)
+                return
+        except Exception:
+            time.sleep(0.2)
+    raise SystemExit("SSH never came up")
+
+
+def bare_boot(box: boxes.Box, work: Path) -> float:
+    """qemu-system by hand: the least a boot to SSH needs, nothing of vmkit's around it."""
+    key = work / "id"
+    host = work / "host"
+    for p in (key, host, work / "disk.qcow2", work / "seed.img"):
+        p.unlink(missing_ok=True)
+    keys.generate(key, "bench")
+    host_pub = keys.generate(host, "bench-host")
+    make_seed(
+        work / "seed.img", authorized_key=keys.public_line(key), host_key=host, hostname="bench"
+    )
+    subprocess.run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            str(box.disk),
+            str(work / "disk.qcow2"),
+            "8G",
+        ],
+        check=True,
+    )
+    port = free_port()
+    argv = [
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg,thread=multi,tb-size=256",
+        "-cpu",
+        "max",
+        "-m",
+        "1024",
+        "-smp",
+        "2",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-kernel",
+        str(box.kernel),
+        "-initrd",
+        str(box.initrd),
+        "-append",
+        box.cmdline,
+        "-drive",
+        f"file={work / 'disk.qcow2'},if=virtio,format=qcow2",
+        "-drive",
+        f"file={work / 'seed.img'},if=virtio,format=raw,readonly=on",
+        "-netdev",
+        f"user,id=n,hostfwd=tcp:127.0.0.1:{port}-:22",
+        "-device",
+        "virtio-net-pci,netdev=n",
+        "-serial",
+        f"file:{work / 'serial.log'}",
+    ]
+    ep = SSHEndpoint("127.0.0.1", port, "vmkit", str(key), keys.key_type_and_blob(host_pub))
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    try:
+        wait_login(ep, started + 300)
+        return time.monotonic() - started
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def vmkit_boot(name: str) -> float:
+    """`vmkit up` through the CLI, to the same point (SSH login; dockerd is not waited for here)."""
+    started = time.monotonic()
+    vm = api.create(name)
+    vm.start(wait=False)
+    vm.wait_ready(docker=False)
+    took = time.monotonic() - started
+    vm.destroy()
+    return took
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    box = boxes.ensure()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["VMKIT_HOME"] = str(Path(tmp) / "home")
+        work = Path(tmp) / "bare"
+        work.mkdir()
+        bare, ours = [], []
+        for i in range(args.rounds):
+            bare.append(bare_boot(box, work))
+            ours.append(vmkit_boot(f"bench{i}"))
+            print(f"round {i + 1}: bare {bare[-1]:.1f} s, vmkit {ours[-1]:.1f} s", flush=True)
+    b, v = min(bare), min(ours)
+    print(
+        f"boot → SSH ready (best of {args.rounds}): bare qemu {b:.1f} s, vmkit up {v:.1f} s, ratio {v / b:.2f}x"
+        f" (goal ≤ 1.3x)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
