@@ -16,13 +16,18 @@ from pathlib import Path
 
 import vmkit.vm as api
 from vmkit import boxes, keys
-from vmkit.netutil import free_port
+from vmkit.netutil import free_port, read_banner
 from vmkit.seed import make_seed
 from vmkit.ssh import SSHSession
 from vmkit.state import SSHEndpoint
 
 
 def wait_login(endpoint: SSHEndpoint, deadline: float) -> None:
+    """The same two steps vmkit's readiness probes take: an SSH banner, then a login."""
+    while read_banner(endpoint.host, endpoint.port, timeout=3) is None:
+        if time.monotonic() > deadline:
+            raise SystemExit("no SSH banner")
+        time.sleep(0.1)
     while time.monotonic() < deadline:
         try:
             with SSHSession(endpoint, connect_timeout=5) as s:
