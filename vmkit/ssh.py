@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import select
 import shlex
 import threading
 import time
@@ -178,7 +179,11 @@ class SSHSession:
 
 
 def _drain(chan: paramiko.Channel, timeout: float) -> tuple[bytes, bytes]:
-    """Read stdout and stderr until both close, without deadlocking on a full stderr window."""
+    """Read stdout and stderr until both close, without deadlocking on a full stderr window.
+
+    Waits on the channel's event descriptor (readable when either stream has data or the
+    channel closes), so a reply is read the moment it arrives.
+    """
     out = bytearray()
     err = bytearray()
     deadline = time.monotonic() + timeout
@@ -201,9 +206,11 @@ def _drain(chan: paramiko.Channel, timeout: float) -> tuple[bytes, bytes]:
                 err += chan.recv_stderr(65536)
             return bytes(out), bytes(err)
         if not progressed:
-            if time.monotonic() > deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 raise TimeoutError()
-            time.sleep(0.005)
+            # Short cap: an exit status alone does not make the descriptor readable.
+            select.select([chan], [], [], min(remaining, 0.05))
 
 
 def copy_stream(src: IO[bytes], chan: paramiko.Channel, chunk: int = 1 << 20) -> int:

@@ -93,6 +93,7 @@ class QemuProvider:
             timeout=60,
         )
         record.extra.update(
+            box_disk_sha256=box.manifest["files"]["disk.qcow2"].get("sha256", ""),
             kernel=str(box.kernel),
             initrd=str(box.initrd),
             cmdline=box.cmdline,
@@ -123,6 +124,7 @@ class QemuProvider:
         for stale in (f.qmp, f.pid):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
+        self._check_box(record)
         binary = which(QEMU_BINARY)
         # Another program can take the chosen port between the check and QEMU's bind; try again.
         for attempt in range(3):
@@ -137,6 +139,26 @@ class QemuProvider:
             break
         assert record.ssh is not None
         record.ssh = attrs.evolve(record.ssh, port=port)
+
+    def _check_box(self, record: VMRecord) -> None:
+        """Refuse to boot an overlay whose base box was rebuilt: its blocks would not match."""
+        from vmkit import boxes
+
+        made_from = record.extra.get("box_disk_sha256")
+        if not made_from:
+            return
+        try:
+            now = boxes.find(record.box, record.arch).manifest["files"]["disk.qcow2"].get("sha256")
+        except VmkitError as e:
+            raise ProviderError(
+                f"the box {record.box} ({record.arch}) that VM {record.name!r} was made from is gone",
+                hint="destroy and recreate the VM",
+            ) from e
+        if now != made_from:
+            raise ProviderError(
+                f"the box {record.box} ({record.arch}) was rebuilt after VM {record.name!r} was made from it",
+                hint="its disk is an overlay on the old box: destroy and recreate the VM",
+            )
 
     def stop(self, record: VMRecord, *, timeout: float, force: bool = False) -> None:
         pid = self._pid(record)

@@ -1,0 +1,122 @@
+"""QEMU provider pieces that need no VM: argv, usernet parsing, the QMP facade's errors."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from vmkit import state
+from vmkit.errors import ProviderError, QMPError
+from vmkit.mechanisms.hostfwd import parse_usernet
+from vmkit.providers.qemu import QemuProvider
+from vmkit.providers.qemu.argv import QemuConfig, build_argv
+from vmkit.providers.qemu.qmp import QMP
+from vmkit.state import VMRecord
+
+
+def config(tmp_path: Path, accel: str = "tcg") -> QemuConfig:
+    d = tmp_path / "odd, dir"
+    return QemuConfig(
+        name="t",
+        cpus=2,
+        memory=1024,
+        accel=accel,
+        kernel=d / "vmlinuz",
+        initrd=d / "initrd.img",
+        cmdline="root=LABEL=vmkit-root rw",
+        disk=d / "disk.qcow2",
+        seed=d / "seed.img",
+        ssh_port=2222,
+        qmp=d / "qmp.sock",
+        pidfile=d / "qemu.pid",
+        serial_log=d / "serial.log",
+    )
+
+
+def test_argv_tcg(tmp_path: Path) -> None:
+    argv = build_argv("qemu-system-x86_64", config(tmp_path))
+    joined = " ".join(argv)
+    assert "tcg,thread=multi,tb-size=256" in joined and "-cpu max" in joined
+    assert "memory-backend-memfd,id=mem,size=1024M,share=on" in joined
+    assert "hostfwd=tcp:127.0.0.1:2222-:22" in joined
+    # commas in paths are doubled inside QEMU option values
+    assert any("odd,, dir/disk.qcow2" in a for a in argv)
+    assert "-daemonize" in argv
+
+
+def test_argv_kvm(tmp_path: Path) -> None:
+    argv = build_argv("qemu-system-x86_64", config(tmp_path, "kvm"))
+    assert argv[argv.index("-accel") + 1] == "kvm" and argv[argv.index("-cpu") + 1] == "host"
+
+
+USERNET = """\
+Hub -1 (net0):
+  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ
+  TCP[HOST_FORWARD]  19       127.0.0.1 18080       10.0.2.15  8080     0     0
+  UDP[HOST_FORWARD]  20         0.0.0.0  5353       10.0.2.15    53     0     0
+  TCP[ESTABLISHED]   22       10.0.2.15 55034       10.0.2.2     22     0     0
+  TCP[HOST_FORWARD]  12       127.0.0.1 41421       10.0.2.15    22     0     0
+"""
+
+
+def test_parse_usernet() -> None:
+    assert parse_usernet(USERNET) == [
+        ("tcp", "127.0.0.1", 18080, 8080),
+        ("udp", "0.0.0.0", 5353, 53),
+        ("tcp", "127.0.0.1", 41421, 22),
+    ]
+
+
+def test_qmp_missing_socket_is_a_qmp_error(tmp_path: Path) -> None:
+    with pytest.raises(QMPError, match="does not exist"):
+        QMP(tmp_path / "nope.sock").connect()
+
+
+def test_qmp_silent_peer_times_out_as_qmp_error(tmp_path: Path) -> None:
+    path = tmp_path / "q.sock"
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(path))
+    srv.listen(1)
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(srv.accept()[0]), daemon=True).start()
+    try:
+        with pytest.raises(QMPError):
+            QMP(path, timeout=0.5).connect()
+    finally:
+        srv.close()
+        for c in held:
+            c.close()
+
+
+def test_start_refuses_a_rebuilt_box(
+    vmkit_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    folder = cache / "boxes" / "vmkit-mini" / "amd64"
+    folder.mkdir(parents=True)
+    for f in ("disk.qcow2", "vmlinuz", "initrd.img"):
+        (folder / f).write_bytes(b"x")
+    manifest = {
+        "format": 1,
+        "name": "vmkit-mini",
+        "arch": "amd64",
+        "cmdline": "x",
+        "root_label": "vmkit-root",
+        "files": {"vmlinuz": {}, "initrd.img": {}, "disk.qcow2": {"sha256": "new"}},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("VMKIT_CACHE", str(cache))
+    state.new_folder("old")
+    rec = VMRecord(
+        name="old",
+        provider="qemu",
+        box="vmkit-mini",
+        extra={"box_disk_sha256": "old", "kernel": "k", "initrd": "i", "cmdline": "c"},
+    )
+    state.save(rec)
+    with pytest.raises(ProviderError, match="rebuilt"):
+        QemuProvider().start(rec, lambda _: None)
