@@ -19,13 +19,13 @@ def port_is_free(port: int, host: str = "127.0.0.1", proto: str = "tcp") -> bool
     """True if nothing on this host holds ``host:port`` (binding it is the only honest check)."""
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET, kind) as s:
+        # SO_REUSEADDR so a port in TIME_WAIT (free for a new listener) counts as free.
         if kind == socket.SOCK_STREAM:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
             return False
-    # A listener on 0.0.0.0 also blocks 127.0.0.1 for most programs; bind catches that on Linux.
     return True
 
 
