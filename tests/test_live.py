@@ -112,11 +112,13 @@ def test_share_is_idempotent_and_conflicts_are_refused(vm: Any, tmp_path: Path) 
         vm.unshare(a)
 
 
-def test_sshfs_mechanism(vm: Any, tmp_path: Path) -> None:
+def test_sshfs_mechanism(vm: Any, vm_home: Path, tmp_path: Path) -> None:
     (tmp_path / "s.txt").write_text("over sshfs")
     spec = vm.share(tmp_path, mechanism="sshfs")
     try:
         assert spec.mechanism == "sshfs"
+        status = vmkit_cli("status", SESSION_VM, home=vm_home).stdout
+        assert "helper: agent" in status and f"share {tmp_path}" in status
         assert vm.run(["cat", f"{tmp_path}/s.txt"]).stdout == "over sshfs"
         assert (str(tmp_path), str(tmp_path)) in {(s.source, s.target) for s in vm.active_shares()}
     finally:

@@ -18,6 +18,7 @@ import pytest
 
 from tests.vagrant_env import LibvirtNamespace
 from vmkit import labs, packaging
+from vmkit.netutil import free_port
 from vmkit.providers.base import VMState
 from vmkit.providers.vagrant import VagrantProvider
 
@@ -31,6 +32,16 @@ from vmkit.state import SSHEndpoint
 ep = SSHEndpoint(**json.loads(sys.argv[1]))
 with SSHSession(ep, connect_timeout=30) as s:
     print(s.run(["sh", "-c", "id -un; hostname; sudo -n true && echo sudo-ok"]).stdout)
+"""
+
+
+# Runs in the namespace: fetch http://127.0.0.1:PORT/index.html, or say "refused".
+FETCH = """
+import sys, urllib.request
+try:
+    print(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/index.html", timeout=20).read().decode(), end="")
+except OSError:
+    print("refused")
 """
 
 
@@ -147,13 +158,44 @@ def test_vmkit_mini_box_up_ssh_halt_destroy(
     assert refused.returncode != 0
     assert "HostKeyMismatch" in refused.stderr
 
+    # vmkit's edge: a live share and a live forward on the running Vagrant machine, no reload.
+    # vmkit runs inside the namespace, where the machine's 192.168.121.x address is.
+    def vmkit_ns(*args: str, timeout: float = 180) -> str:
+        return libvirt_ns.run(sys.executable, "-m", "vmkit", *args, timeout=timeout).stdout
+
     started = time.monotonic()
-    halted_lab = labs.down(tmp_path / "course", provider=provider, timeout=180)
+    vmkit_ns("attach", f"vagrant:{project}", "--name", "lab")
+    shared = tmp_path / "shared folder ü"
+    shared.mkdir()
+    (shared / "hello.txt").write_text("from the host\n")
+    assert "sshfs" in vmkit_ns("share", str(shared), "--vm", "lab")
+    assert vmkit_ns("ssh", "lab", "--", "cat", f"{shared}/hello.txt") == "from the host\n"
+    vmkit_ns(
+        "ssh",
+        "lab",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /tmp/www && echo served > /tmp/www/index.html "
+        "&& busybox httpd -p 8080 -h /tmp/www",
+    )
+    port = free_port()
+    assert "ssh-tunnel" in vmkit_ns("forward", f"{port}:8080", "--vm", "lab")
+    fetched = libvirt_ns.run(sys.executable, "-c", FETCH, str(port)).stdout
+    assert fetched == "served\n"
+    times["live share+forward"] = time.monotonic() - started
+    vmkit_ns("unshare", str(shared), "--vm", "lab")
+    vmkit_ns("unforward", str(port), "--vm", "lab")
+    assert libvirt_ns.run(sys.executable, "-c", FETCH, str(port), timeout=30).stdout == "refused\n"
+
+    started = time.monotonic()
+    vmkit_ns("stop", "lab", timeout=300)  # vagrant halt, and the VM's agent ends with it
     times["halt"] = time.monotonic() - started
-    assert halted_lab.ok, halted_lab.failed
     halted = provider.status(record)
     assert halted.state is VMState.STOPPED
     assert "shutoff" in halted.detail
+    halted_lab = labs.down(tmp_path / "course", provider=provider, timeout=180)
+    assert halted_lab.ok, halted_lab.failed
 
     started = time.monotonic()
     destroyed = labs.down(tmp_path / "course", destroy=True, provider=provider)

@@ -206,6 +206,16 @@ class VM:
             _kill_helpers(self.record)
             shutil.rmtree(self.record.files.dir, ignore_errors=True)
 
+    def helpers(self) -> dict[str, int]:
+        """Host processes serving this VM now, by pid-file name: ``agent``, ``virtiofs-TAG``, ..."""
+        files = self.record.files
+        found = {}
+        for pidfile in sorted(files.dir.glob("*.pid")):
+            pid = procs.read_pid(pidfile)
+            if pidfile != files.pid and pid is not None and procs.alive(pid, str(files.dir)):
+                found[pidfile.stem] = pid
+        return found
+
     # -- guest access ---------------------------------------------------------------------
 
     def _endpoint(self) -> SSHEndpoint:

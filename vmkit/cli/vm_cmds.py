@@ -160,6 +160,22 @@ def status(name: str | None) -> None:
                 f"  forward: {f.host_ip}:{f.host_port} -> {f.guest_port}/{f.proto} ({f.mechanism or 'pending'})",
                 markup=False,
             )
+        for helper, pid in vm.helpers().items():
+            console.print(f"  helper: {helper} (pid {pid}){_held(vm, helper)}", markup=False)
+
+
+def _held(vm: api.VM, helper: str) -> str:
+    """What the agent holds, in its own words (it is the truth, not the record)."""
+    if helper != "agent":
+        return ""
+    from vmkit.agent.client import request
+
+    shares = request(vm.record.files, "list-shares", start=False) or []
+    forwards = request(vm.record.files, "list-forwards", start=False) or []
+    held = [f"share {s['target']}" for s in shares] + [
+        f"forward {f['host_port']}" for f in forwards
+    ]
+    return ": " + ", ".join(held) if held else ": idle"
 
 
 @click.command("list")

@@ -82,9 +82,10 @@ class VirtioFS:
                     "-o",
                     "source=" + _fuse_opt_escape(spec.source),
                     "-o",
+                    # No "-o xattr": it costs a host round trip per file on every
+                    # listing (measured: `ls -l` of 2000 files 7x slower) and
+                    # bind mounts into containers do not need extended attributes.
                     "cache=auto",
-                    "-o",
-                    "xattr",
                 ],
                 log=files.virtiofs_log(tag),
             )
