@@ -252,7 +252,9 @@ class VM:
         """An OpenSSH argv that logs into the guest with the pinned host key (for interactive use)."""
         ep = self._endpoint()
         files = self.record.files
-        state.atomic_write(files.known_hosts, f"[{ep.host}]:{ep.port} {ep.host_key}\n", mode=0o600)
+        state.atomic_write(
+            files.known_hosts, f"{_known_hosts_name(ep)} {ep.host_key}\n", mode=0o600
+        )
         cmd = [
             "ssh",
             "-i",
@@ -741,6 +743,11 @@ def _host_dir(path: str | os.PathLike[str], *, force: bool) -> Path:
             hint="share a subfolder, or pass --force",
         )
     return resolved
+
+
+def _known_hosts_name(ep: SSHEndpoint) -> str:
+    """How OpenSSH names a host in known_hosts: bare on port 22, ``[host]:port`` otherwise."""
+    return ep.host if ep.port == 22 else f"[{ep.host}]:{ep.port}"
 
 
 def _tail(path: Path, n: int) -> str:
