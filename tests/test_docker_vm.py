@@ -1,23 +1,22 @@
 """Docker in a real VM (QEMU, TCG): docker-py over the kept SSH connection, image load, vmkit run.
 
-One VM for the module (``VMKIT_HOME`` in a temp folder). Images are built on the host in
+The session's one VM (tests/vmfixtures.py). Images are built on the host in
 `docker save` format from the guest's own busybox: no registry, no host dockerd.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import vmkit.vm as api
+from tests.vmfixtures import SESSION_VM
 from vmkit import dockerhost, images
 from vmkit.errors import DockerError, InvalidInput
 
@@ -31,27 +30,13 @@ _spec.loader.exec_module(_imagetar)
 
 pytestmark = pytest.mark.vm
 
-NAME = "dockerdev"
+NAME = SESSION_VM
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    h = Path(os.environ.get("VMKIT_TEST_HOME") or tmp_path_factory.mktemp("vmkit-docker-home"))
-    old = os.environ.get("VMKIT_HOME")
-    os.environ["VMKIT_HOME"] = str(h)
-    yield h
-    if old is None:
-        del os.environ["VMKIT_HOME"]
-    else:
-        os.environ["VMKIT_HOME"] = old
-
-
-@pytest.fixture(scope="module")
-def vm(home: Path) -> Iterator[api.VM]:
-    v = api.up(NAME, memory=1024)
-    yield v
-    if not os.environ.get("VMKIT_TEST_HOME"):
-        v.destroy()
+def vm(_session_vm: api.VM) -> api.VM:
+    """The test session's one booted VM (tests/vmfixtures.py), shared with the other VM tests."""
+    return _session_vm
 
 
 @pytest.fixture(scope="module")
@@ -71,17 +56,9 @@ def small_image(vm: api.VM, busybox: bytes, tmp_path_factory: pytest.TempPathFac
     return "vmkit-bb:1"
 
 
-# Until vmkit.cli.main lists vmkit.cli.docker_cmds, register it here; then this is `-m vmkit`.
-_MAIN = (
-    "import sys; from vmkit.cli import main as m, docker_cmds as d\n"
-    "if 'image' not in m.cli.commands: d.register(m.cli)\n"
-    "m.main(sys.argv[1:])"
-)
-
-
 def vmkit_cli(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", _MAIN, *args], capture_output=True, text=True, timeout=900, **kw
+        [sys.executable, "-m", "vmkit", *args], capture_output=True, text=True, timeout=900, **kw
     )  # type: ignore[call-overload, no-any-return]
 
 

@@ -149,8 +149,9 @@ def status(name: str | None) -> None:
         console.print(f"[bold]{vm.name}[/] ({vm.record.provider or '?'}): {state_text(st)}")
         for err in st.errors:
             console.print(f"  problem: {err}", markup=False)
-        if vm.record.ssh and vm.record.ssh.port and st.running:
-            console.print(f"  ssh: {vm.record.ssh.user}@127.0.0.1:{vm.record.ssh.port}")
+        ep = vm.record.ssh
+        if ep and ep.port and st.running:
+            console.print(f"  ssh: {ep.user}@{ep.host}:{ep.port}")
         for s in vm.record.shares:
             console.print(
                 f"  share: {s.source} -> {s.target} ({s.mechanism or 'pending'})", markup=False
@@ -185,10 +186,11 @@ def list_cmd() -> None:
     for vm in api.list_vms():
         st = vm.status()
         r = vm.record
-        port = f"127.0.0.1:{r.ssh.port}" if r.ssh and st.running else "-"
-        table.add_row(
-            r.name, r.provider or "?", state_text(st), str(r.cpus), f"{r.memory} MiB", port
-        )
+        port = f"{r.ssh.host}:{r.ssh.port}" if r.ssh and st.running else "-"
+        # Sizes of machines vmkit adopted are not vmkit's to know.
+        owned = r.provider in ("qemu", "virtualbox") and not r.extra.get("adopted")
+        cpus, memory = (str(r.cpus), f"{r.memory} MiB") if owned else ("-", "-")
+        table.add_row(r.name, r.provider or "?", state_text(st), cpus, memory, port)
     console.print(table)
 
 
