@@ -33,7 +33,7 @@ def wait_login(endpoint: SSHEndpoint, deadline: float) -> None:
             with SSHSession(endpoint, connect_timeout=5) as s:
                 s.run(["true"], timeout=10)
                 return
-        except Exception:
+        except Exception:  # not up yet: retry until the deadline
             time.sleep(0.2)
     raise SystemExit("SSH never came up")
 

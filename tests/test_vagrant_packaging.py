@@ -162,7 +162,7 @@ def test_virtualbox_box_is_made_and_shares_the_metadata(standin_box: Path, tmp_p
     vbox = packaging.package(
         provider="virtualbox", output=tmp_path / "vmkit-mini-vbox.box", insecure_key=key
     )
-    assert not vbox.boots
+    assert vbox.boots
     with tarfile.open(vbox.path) as tar:
         assert sorted(tar.getnames()) == [
             "Vagrantfile",
@@ -176,8 +176,20 @@ def test_virtualbox_box_is_made_and_shares_the_metadata(standin_box: Path, tmp_p
     ns = {"ovf": "http://schemas.dmtf.org/ovf/envelope/1"}
     disk = ovf.find("ovf:DiskSection/ovf:Disk", ns)
     assert disk is not None
-    assert disk.get("{http://schemas.dmtf.org/ovf/envelope/1}capacity") == str(32 * 1024 * 1024)
-    assert "config.vm.base_mac" in vf and "does not boot" in vf
+    # The BIOS-bootable layout: 1 MiB + a 64 MiB SYSLINUX partition + the 32 MiB root.
+    assert disk.get("{http://schemas.dmtf.org/ovf/envelope/1}capacity") == str(97 * 1024 * 1024)
+    assert "config.vm.base_mac" in vf and "SYSLINUX" in vf
+    with tarfile.open(vbox.path) as tar:
+        tar.extract("box-disk001.vmdk", tmp_path / "x")
+    raw = tmp_path / "x" / "disk.raw"
+    subprocess.run(
+        ["qemu-img", "convert", "-O", "raw", str(tmp_path / "x" / "box-disk001.vmdk"), str(raw)],
+        check=True,
+    )
+    table = subprocess.run(
+        ["sfdisk", "--dump", str(raw)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "type=6, bootable" in table and "type=83" in table
     # Both boxes of one version in one folder share one metadata file.
     assert vbox.metadata_path == libvirt.metadata_path == tmp_path / "vmkit-mini.json"
     metadata = json.loads(vbox.metadata_path.read_text(encoding="utf-8"))

@@ -6,9 +6,9 @@ Vagrantfile boots it with vagrant-libvirt's direct kernel boot (``libvirt.kernel
 ``libvirt.initrd``, ``libvirt.cmd_line``), the files found beside that Vagrantfile through
 ``File.dirname(__FILE__)``.
 
-VirtualBox (does NOT boot): ``box.ovf`` + a stream-optimized VMDK + ``metadata.json`` +
-``Vagrantfile``. VirtualBox can only boot a disk through a bootloader, which vmkit-mini lacks;
-the box is made so the format is ready when the image gets one.
+VirtualBox: ``box.ovf`` + a stream-optimized VMDK + ``metadata.json`` + ``Vagrantfile``.
+VirtualBox boots only through a bootloader on the disk, so the VMDK holds the BIOS-bootable
+layout of ``vmkit.bootdisk`` (SYSLINUX, kernel and initrd on a FAT partition, then the root).
 
 SSH: Vagrant logs in with its well-known insecure key and replaces it at the first ``up``.
 vmkit-mini's user is ``vmkit`` with no key baked in, so packaging writes Vagrant's public
@@ -71,7 +71,7 @@ class PackagedBox:
     sha256: str
     size: int
     seconds: float
-    boots: bool  # False for the VirtualBox box (no bootloader)
+    boots: bool
 
 
 def vagrant_box_name(name: str, arch: str) -> str:
@@ -183,7 +183,7 @@ def package(
         sha256=digest,
         size=output.stat().st_size,
         seconds=time.monotonic() - started,
-        boots=provider == "libvirt",
+        boots=True,
     )
 
 
@@ -351,15 +351,21 @@ def libvirt_box_vagrantfile(cmdline: str, driver: str | None = None) -> str:
 
 
 def _virtualbox_box(box: Box, box_name: str, raw: Path, content: Path) -> None:
+    from vmkit.bootdisk import assemble
+
+    # VirtualBox boots from the MBR: SYSLINUX, the kernel and the initrd go on the disk.
+    bios = assemble(raw, box.kernel, box.initrd, box.cmdline, raw.with_name("bios.raw"))
     vmdk = content / "box-disk001.vmdk"
-    _qemu_img(["convert", "-O", "vmdk", "-o", "subformat=streamOptimized", str(raw), str(vmdk)])
+    _qemu_img(["convert", "-O", "vmdk", "-o", "subformat=streamOptimized", str(bios), str(vmdk)])
+    capacity = _virtual_size(bios)
+    bios.unlink()
     # Vagrant gives the NAT card this MAC at import (config.vm.base_mac).
     mac = "080027" + uuid.uuid4().hex[:6].upper()
     ovf = virtualbox_ovf(
         box_name,
         disk_file=vmdk.name,
         disk_file_size=vmdk.stat().st_size,
-        capacity=_virtual_size(raw),
+        capacity=capacity,
         description=str(box.manifest.get("description", "")),
     )
     (content / "box.ovf").write_text(ovf, encoding="utf-8")
@@ -367,8 +373,7 @@ def _virtualbox_box(box: Box, box_name: str, raw: Path, content: Path) -> None:
         json.dumps({"provider": "virtualbox"}) + "\n", encoding="utf-8"
     )
     (content / "Vagrantfile").write_text(
-        "# Made by `vmkit box package`. This VirtualBox box does not boot yet: vmkit-mini's disk\n"
-        "# has no bootloader and VirtualBox has no direct kernel boot. See docs/vagrant.md.\n"
+        "# Made by `vmkit box package`: vmkit-mini for VirtualBox (SYSLINUX on the disk).\n"
         'Vagrant.configure("2") do |config|\n'
         f"  config.vm.base_mac = {ruby_string(mac)}\n"
         f"  config.ssh.username = {ruby_string(GUEST_USER)}\n"

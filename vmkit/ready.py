@@ -53,5 +53,5 @@ def _attempt(probe: Probe) -> bool:
         return probe.check()
     except VmkitError:
         raise
-    except Exception:
+    except Exception:  # a probe that errors means "not yet"; its hint explains a timeout
         return False

@@ -153,7 +153,7 @@ class Agent:
                 answer: dict[str, Any] = {"result": self.handle(json.loads(data))}
             except VmkitError as e:
                 answer = {"error": e.message, "type": type(e).__name__, "hint": e.hint}
-            except Exception as e:
+            except Exception as e:  # the agent must answer every request, not die
                 answer = {
                     "error": f"agent failure: {type(e).__name__}: {e}",
                     "type": "ProviderError",

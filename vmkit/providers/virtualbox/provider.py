@@ -176,9 +176,11 @@ class VirtualBoxProvider:
                 hint="remove it in VirtualBox, or pick another vmkit name",
             )
         if disk is None:
-            from vmkit import boxes
+            from vmkit import bootdisk, boxes
 
-            disk = boxes.ensure(record.box, record.arch, progress=progress).disk
+            # VirtualBox boots from the disk's MBR, not a kernel file: the bootable copy.
+            box = boxes.ensure(record.box, record.arch, progress=progress)
+            disk = bootdisk.ensure_bootable(box, progress=progress)
         if seed is None and record.files.seed.exists():
             seed = record.files.seed
         folder = record.files.dir
