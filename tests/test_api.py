@@ -46,3 +46,33 @@ def test_open_checks_the_provider(vmkit_home) -> None:  # type: ignore[no-untype
     assert vmkit.open("a").name == "a"
     with pytest.raises(errors.InvalidInput):
         vmkit.open("virtualbox:a")
+
+
+class _Mech:
+    def __init__(self, name: str, error: Exception | None = None) -> None:
+        self.name = name
+        self.error = error
+
+    def check(self) -> None:
+        if self.error:
+            raise self.error
+
+
+def test_mechanism_choice_says_why_it_passed_one_over() -> None:
+    from vmkit.state import VMRecord
+    from vmkit.vm import VM
+
+    vm = VM(VMRecord(name="x", provider="qemu"))
+    said: list[str] = []
+    best = _Mech("virtiofs", errors.GuestModuleMissing("the guest has no virtiofs module"))
+    chosen = vm._pick([best, _Mech("sshfs")], None, "share", said.append)
+    assert chosen.name == "sshfs"
+    assert said == [
+        "virtiofs cannot be used (the guest has no virtiofs module); trying the next share mechanism"
+    ]
+    import pytest
+
+    with pytest.raises(errors.NotSupported, match="no share mechanism works"):
+        vm._pick([best], None, "share")
+    with pytest.raises(errors.GuestModuleMissing):
+        vm._pick([best, _Mech("sshfs")], "virtiofs", "share")

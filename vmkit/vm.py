@@ -320,7 +320,7 @@ class VM:
                     )
             self._require_changeable()
             spec = ShareSpec(source=str(source), target=dest, readonly=readonly)
-            mech = self._pick(self._share_mechs(), mechanism, "share")
+            mech = self._pick(self._share_mechs(), mechanism, "share", progress)
             progress(f"sharing {source} at {dest} in the guest with {mech.name}")
             done = mech.add(spec)
             self.record.shares.append(done)
@@ -443,9 +443,19 @@ class VM:
     def _forward_mechs(self) -> list[ForwardMechanism]:
         return self.provider.forward_mechanisms(self.record, self.ssh)
 
-    def _pick(self, mechs: Sequence[M], wanted: str | None, what: str) -> M:
+    def _pick(
+        self, mechs: Sequence[M], wanted: str | None, what: str, progress: Progress = no_progress
+    ) -> M:
+        """The mechanism named ``wanted``, else the first, best first, whose checks pass.
+
+        Each one passed over is reported through ``progress`` with the reason (a guest
+        without the virtiofs module, no sftp-server on the host, ...).
+        """
         if wanted:
-            return self._mech_named(mechs, wanted)
+            chosen = self._mech_named(mechs, wanted)
+            if hasattr(chosen, "check"):
+                chosen.check()
+            return chosen
         reasons = []
         for m in mechs:
             if not hasattr(m, "check"):
@@ -454,6 +464,7 @@ class VM:
                 m.check()
             except (NotSupported, GuestError) as e:
                 reasons.append(f"{m.name}: {e.message}")
+                progress(f"{m.name} cannot be used ({e.message}); trying the next {what} mechanism")
                 continue
             return m
         raise NotSupported(f"no {what} mechanism works on VM {self.name!r}: " + "; ".join(reasons))
@@ -487,7 +498,7 @@ class VM:
                     mech = (
                         self._mech_named(smechs, s.mechanism)
                         if s.mechanism
-                        else self._pick(smechs, None, "share")
+                        else self._pick(smechs, None, "share", progress)
                     )
                     new_shares.append(mech.add(attrs.evolve(s, tag="")))
                 except VmkitError as e:
@@ -503,7 +514,7 @@ class VM:
                     fmech = (
                         self._mech_named(fmechs, f.mechanism)
                         if f.mechanism
-                        else self._pick(fmechs, None, "forward")
+                        else self._pick(fmechs, None, "forward", progress)
                     )
                     new_forwards.append(fmech.add(f))
                 except VmkitError as e:
