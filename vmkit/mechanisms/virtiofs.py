@@ -9,6 +9,7 @@ the guest hangs, so ``check`` looks at ``query-memdev`` first.
 from __future__ import annotations
 
 import contextlib
+import os
 import hashlib
 import time
 from collections.abc import Callable
@@ -54,6 +55,12 @@ class VirtioFS:
 
     def check(self) -> None:
         find_virtiofsd()
+        if os.geteuid() != 0:
+            # Debian 12's virtiofsd (the C one in qemu-system-common) sandboxes itself with
+            # namespaces and pivot_root, which needs root; the Rust virtiofsd does not.
+            raise NotSupported(
+                "virtiofsd needs root on this host", hint="run vmkit as root, or use sshfs"
+            )
         with self._qmp() as q:
             memdevs = q.execute("query-memdev")
         if not any(m.get("share") for m in memdevs):
