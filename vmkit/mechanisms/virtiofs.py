@@ -9,8 +9,8 @@ the guest hangs, so ``check`` looks at ``query-memdev`` first.
 from __future__ import annotations
 
 import contextlib
-import os
 import hashlib
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
