@@ -1,7 +1,7 @@
 import pytest
 
 from vmkit.errors import InvalidInput
-from vmkit.pathmap import guest_path, is_windows_path
+from vmkit.pathmap import guest_path
 
 
 @pytest.mark.parametrize(
@@ -32,9 +32,3 @@ def test_guest_path(host: str, guest: str) -> None:
 def test_guest_path_rejects(bad: str) -> None:
     with pytest.raises(InvalidInput):
         guest_path(bad)
-
-
-def test_is_windows_path() -> None:
-    assert is_windows_path(r"C:\x")
-    assert is_windows_path(r"\\srv\share")
-    assert not is_windows_path("/c/x")

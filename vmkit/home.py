@@ -96,10 +96,6 @@ class InstanceFiles:
         return self.dir / "serial.log"
 
     @property
-    def qemu_log(self) -> Path:
-        return self.dir / "qemu.log"
-
-    @property
     def agent_pid(self) -> Path:
         return self.dir / "agent.pid"
 

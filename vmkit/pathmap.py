@@ -15,11 +15,6 @@ from vmkit.errors import InvalidInput
 _DRIVE = re.compile(r"^([A-Za-z]):(?:[\\/]|$)")
 
 
-def is_windows_path(path: str) -> bool:
-    """True for ``C:\\...``, ``C:/...`` and UNC ``\\\\server\\share`` paths."""
-    return bool(_DRIVE.match(path)) or path.startswith(("\\\\", "//"))
-
-
 def guest_path(host_path: str) -> str:
     """The guest path that mirrors absolute ``host_path`` (Windows or POSIX)."""
     if not host_path:

@@ -13,7 +13,6 @@ import shlex
 import threading
 import time
 from collections.abc import Sequence
-from typing import IO
 
 import paramiko
 
@@ -211,15 +210,3 @@ def _drain(chan: paramiko.Channel, timeout: float) -> tuple[bytes, bytes]:
                 raise TimeoutError()
             # Short cap: an exit status alone does not make the descriptor readable.
             select.select([chan], [], [], min(remaining, 0.05))
-
-
-def copy_stream(src: IO[bytes], chan: paramiko.Channel, chunk: int = 1 << 20) -> int:
-    """Send ``src`` into ``chan`` until EOF; return the bytes sent."""
-    total = 0
-    while True:
-        data = src.read(chunk)
-        if not data:
-            break
-        chan.sendall(data)
-        total += len(data)
-    return total

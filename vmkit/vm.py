@@ -161,7 +161,7 @@ class VM:
             ).ok
 
         probes = [
-            Probe("the VM process", process, f"see {files.serial_log} and {files.qemu_log}"),
+            Probe("the VM process", process, f"see the console log {files.serial_log}"),
             Probe(
                 "the SSH banner",
                 banner,

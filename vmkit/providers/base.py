@@ -62,9 +62,6 @@ class Capabilities:
     destroy: bool = True
     share_mechanisms: tuple[str, ...] = ()
     forward_mechanisms: tuple[str, ...] = ()
-    #: Forwards and shares may be changed while the VM runs.
-    live_shares: bool = True
-    live_forwards: bool = True
     #: Forwards and shares may be added to a stopped VM (they take effect when it starts).
     offline_changes: bool = False
 

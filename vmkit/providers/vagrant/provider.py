@@ -71,8 +71,6 @@ class VagrantProvider:
         destroy=True,
         share_mechanisms=("sshfs",),
         forward_mechanisms=("ssh-tunnel",),
-        live_shares=True,
-        live_forwards=True,
     )
 
     def __init__(
