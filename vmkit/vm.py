@@ -547,6 +547,11 @@ def create(
     if arch not in ("amd64", "i386"):
         raise InvalidInput(f"architecture {arch!r} is not amd64 or i386")
     prov = registry.get(provider)
+    if not prov.capabilities.create:
+        raise NotSupported(
+            f"vmkit cannot create machines with provider {provider!r}",
+            hint="adopt an existing one with `vmkit attach`",
+        )
     if accel is None:
         from vmkit.hostvirt import detect
 

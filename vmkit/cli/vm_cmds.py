@@ -133,7 +133,12 @@ def destroy(name: str, force: bool) -> None:
     if not force and sys.stdin.isatty():
         click.confirm(f"Destroy VM {name} and its disk?", abort=True)
     vm.destroy()
-    console.print(f"[green]✓[/] VM [bold]{name}[/] destroyed")
+    if vm.provider.capabilities.destroy and not vm.record.extra.get("adopted"):
+        console.print(f"[green]✓[/] VM [bold]{name}[/] destroyed")
+    else:
+        console.print(
+            f"[green]✓[/] vmkit forgot [bold]{name}[/]; the machine itself was left as it is"
+        )
 
 
 @click.command()
