@@ -201,7 +201,8 @@ def test_attach_ssh_host_share_and_forward(vm: Any, vm_home: Path, tmp_path: Pat
         vmkit_cli("unforward", str(hport), "--vm", "sshhost", home=vm_home)
         assert vm.run(["cat", f"{tmp_path}/h.txt"], check=False).exit_code != 0
     finally:
-        vmkit_cli("destroy", "sshhost", "-f", home=vm_home)
+        out = vmkit_cli("destroy", "sshhost", "-f", home=vm_home).stdout
+    assert "forgot" in out  # an attached SSH host is forgotten, never powered off
     time.sleep(0.5)
     assert not procs.find(str(vm_home / "vms" / "sshhost")), "the agent is left running"
 
