@@ -200,6 +200,9 @@ def test_attach_ssh_host_share_and_forward(vm: Any, vm_home: Path, tmp_path: Pat
         vmkit_cli("unshare", str(tmp_path), "--vm", "sshhost", home=vm_home)
         vmkit_cli("unforward", str(hport), "--vm", "sshhost", home=vm_home)
         assert vm.run(["cat", f"{tmp_path}/h.txt"], check=False).exit_code != 0
+        r = vmkit_cli("stop", "sshhost", home=vm_home, check=False)
+        assert r.returncode == 1 and "does not power off" in r.stderr
+        assert vm.run(["true"]).ok  # and nothing was sent to the machine
     finally:
         out = vmkit_cli("destroy", "sshhost", "-f", home=vm_home).stdout
     assert "forgot" in out  # an attached SSH host is forgotten, never powered off

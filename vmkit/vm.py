@@ -173,16 +173,24 @@ class VM:
                 "the guest refuses vmkit's key: was the seed disk read? see the console log",
             ),
         ]
-        if docker:
+        # Only vmkit's own box is known to run dockerd; other machines may have none.
+        if docker and self.record.box.startswith("vmkit-mini"):
             probes.append(
                 Probe(
-                    "dockerd", dockerd, "run `vmkit ssh NAME -- systemctl status docker` to see why"
+                    "dockerd",
+                    dockerd,
+                    f"`vmkit ssh {self.name} -- sudo systemctl status docker` tells why",
                 )
             )
         return probes
 
     def stop(self, *, timeout: float = 60, force: bool = False) -> None:
         """Shut down: gracefully from inside the guest, forced after ``timeout`` seconds."""
+        if not self.provider.capabilities.power:
+            raise NotSupported(
+                f"vmkit does not power off {self.name!r}: it is a machine vmkit only attached to",
+                hint="shut it down yourself; `vmkit destroy` only forgets it",
+            )
         with state.locked(self.name):
             self.reload()
             if self.status().state is VMState.STOPPED:

@@ -60,6 +60,7 @@ class Capabilities:
 
     create: bool = True  # can make new VMs (an adopted machine's provider may not)
     destroy: bool = True
+    power: bool = True  # can boot and shut down its machines
     share_mechanisms: tuple[str, ...] = ()
     forward_mechanisms: tuple[str, ...] = ()
     #: Forwards and shares may be added to a stopped VM (they take effect when it starts).

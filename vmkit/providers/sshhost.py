@@ -137,6 +137,7 @@ class SSHHostProvider:
     capabilities: ClassVar[Capabilities] = Capabilities(
         create=False,
         destroy=False,
+        power=False,
         share_mechanisms=("sshfs",),
         forward_mechanisms=("ssh-tunnel",),
     )
