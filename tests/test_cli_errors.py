@@ -92,3 +92,14 @@ def test_share_and_forward_input_checks_before_touching_the_vm(
         assert needle in r.stderr, (args, r.stderr)
         assert "Traceback" not in r.stderr
     assert state.load("one").shares == [] and state.load("one").forwards == []
+
+
+def test_a_box_in_use_is_not_removed_or_rebuilt(
+    vmkit_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VMKIT_CACHE", str(tmp_path / "cache"))  # never the real box cache
+    state.new_folder("user1")
+    state.save(VMRecord(name="user1", provider="qemu", box="vmkit-mini", arch="amd64"))
+    for args in (["box", "remove", "vmkit-mini"], ["box", "build", "vmkit-mini", "--force"]):
+        r = cli(vmkit_home, *args)
+        assert r.returncode == 1 and "VM user1 use it" in r.stderr, r.stderr
