@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import attrs
+
 from vmkit.ssh import SSHSession
 from vmkit.state import ForwardSpec, ShareSpec
 
@@ -44,15 +46,29 @@ class ForwardMechanism(Protocol):
         """The forwards of this mechanism that are in place right now."""
 
 
+@attrs.frozen
+class GuestMount:
+    """One line of the guest's /proc/self/mounts, unescaped."""
+
+    source: str
+    target: str
+    fstype: str
+    options: str
+
+
+def guest_mounts(ssh: SSHSession) -> list[GuestMount]:
+    """Everything mounted in the guest, in mount order."""
+    out = ssh.run(["cat", "/proc/self/mounts"]).stdout
+    return [
+        GuestMount(_unescape_mount(f[0]), _unescape_mount(f[1]), f[2], f[3])
+        for f in (line.split() for line in out.splitlines())
+        if len(f) >= 4
+    ]
+
+
 def guest_mountpoints(ssh: SSHSession) -> dict[str, str]:
     """Mount point → filesystem type of everything mounted in the guest."""
-    out = ssh.run(["cat", "/proc/self/mounts"]).stdout
-    result: dict[str, str] = {}
-    for line in out.splitlines():
-        fields = line.split()
-        if len(fields) >= 3:
-            result[_unescape_mount(fields[1])] = fields[2]
-    return result
+    return {m.target: m.fstype for m in guest_mounts(ssh)}
 
 
 def _unescape_mount(field: str) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import attrs
 
 from vmkit.errors import GuestModuleMissing, InvalidInput, ShareExists, VMNotFound
-from vmkit.mechanisms.base import _unescape_mount, prepare_mountpoint, unmount
+from vmkit.mechanisms.base import guest_mounts, prepare_mountpoint, unmount
 from vmkit.providers.base import Progress, no_progress
 from vmkit.providers.virtualbox.parsers import SharedFolder, VMInfo
 from vmkit.providers.virtualbox.vboxmanage import VBoxManage
@@ -35,13 +35,7 @@ def share_tag(target: str) -> str:
 
 def vboxsf_mounts(ssh: SSHSession) -> dict[str, tuple[str, str]]:
     """Guest mount point -> (share name, mount options) of every vboxsf mount."""
-    out = ssh.run(["cat", "/proc/self/mounts"]).stdout
-    found = {}
-    for line in out.splitlines():
-        fields = line.split()
-        if len(fields) >= 4 and fields[2] == "vboxsf":
-            found[_unescape_mount(fields[1])] = (_unescape_mount(fields[0]), fields[3])
-    return found
+    return {m.target: (m.source, m.options) for m in guest_mounts(ssh) if m.fstype == "vboxsf"}
 
 
 class VBoxSF:
