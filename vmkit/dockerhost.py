@@ -252,6 +252,16 @@ def docker_client(vm: VM, *, timeout: float = 120) -> docker.DockerClient:
     return client
 
 
+def require_image(client: docker.DockerClient, vm: VM, image: str, *, hint: str) -> None:
+    """``DockerError`` naming the VM if ``image`` is not in its Docker."""
+    import docker.errors
+
+    try:
+        client.api.inspect_image(image)
+    except docker.errors.ImageNotFound:
+        raise DockerError(f"image {image!r} is not in VM {vm.name!r}", hint=hint) from None
+
+
 def translate(e: Exception, what: str) -> VmkitError:
     """A ``VmkitError`` for a docker-py exception (``DockerError`` with the daemon's words)."""
     import docker.errors
@@ -467,19 +477,17 @@ def prepare_run(
     ``DockerError`` if the image is not in the VM or a guest port is already published by a
     container; the checks come before anything is shared or forwarded.
     """
-    import docker.errors
 
     if not vm.is_running():
         vm.start(progress=progress)
     client = vm.docker()
     try:
-        try:
-            client.api.inspect_image(image)
-        except docker.errors.ImageNotFound:
-            raise DockerError(
-                f"image {image!r} is not in VM {vm.name!r}",
-                hint="load it with `vmkit image load FILE.tar`; `vmkit docker -- images` lists them",
-            ) from None
+        require_image(
+            client,
+            vm,
+            image,
+            hint="load it with `vmkit image load FILE.tar`; `vmkit docker -- images` lists them",
+        )
         for _, guest in forwards:
             for c in client.api.containers(filters={"publish": str(guest)}):
                 name = (c.get("Names") or [c["Id"][:12]])[0].lstrip("/")

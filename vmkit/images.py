@@ -308,9 +308,8 @@ def save(
 
     The file appears only when complete (written beside it, then renamed). Returns tar bytes.
     """
-    import docker.errors
 
-    from vmkit.dockerhost import translate
+    from vmkit.dockerhost import require_image, translate
 
     out = Path(os.fspath(path)).expanduser()
     kind = _SUFFIXES.get(out.suffix)
@@ -325,13 +324,7 @@ def save(
     tmp = out.with_name(f".{out.name}.part")
     written = 0
     try:
-        try:
-            client.api.inspect_image(image)
-        except docker.errors.ImageNotFound:
-            raise DockerError(
-                f"image {image!r} is not in VM {vm.name!r}",
-                hint="see `vmkit docker -- images`",
-            ) from None
+        require_image(client, vm, image, hint="see `vmkit docker -- images`")
         with open(tmp, "wb") as raw, _compressor(kind, raw) as sink:
             for chunk in client.api.get_image(image, chunk_size=CHUNK):
                 sink.write(chunk)
