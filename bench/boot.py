@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 
 import vmkit.vm as api
-from vmkit import boxes, keys
-from vmkit.netutil import free_port, read_banner
-from vmkit.seed import make_seed
-from vmkit.ssh import SSHSession
+from vmkit import boxes
+from vmkit.guest import keys
+from vmkit.guest.seed import make_seed
+from vmkit.guest.ssh import SSHSession
+from vmkit.host.netutil import free_port, read_banner
 from vmkit.state import SSHEndpoint
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import vmkit.vm as api
-from vmkit import images
+from vmkit.docker import images
 
 # This file is named docker.py: its folder must not shadow the docker package on sys.path.
 HERE = Path(__file__).resolve().parent

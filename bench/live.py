@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import vmkit.vm as api
-from vmkit.netutil import free_port
+from vmkit.host.netutil import free_port
 
 NAME = "benchlive"
 

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from vmkit import bootdisk, boxes, keys
-from vmkit.netutil import free_port, read_banner
-from vmkit.seed import make_seed
-from vmkit.ssh import SSHSession
+from vmkit import boxes
+from vmkit.boxes import bootdisk
+from vmkit.guest import keys
+from vmkit.guest.seed import make_seed
+from vmkit.guest.ssh import SSHSession
+from vmkit.host.netutil import free_port, read_banner
 from vmkit.state import SSHEndpoint
 
 pytestmark = pytest.mark.vm

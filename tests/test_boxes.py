@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from vmkit import boxes
+from vmkit import resources
+from vmkit.boxes import store as boxes
 from vmkit.errors import BoxBuildFailed, BoxCorrupt, BoxNotFound, InvalidInput, ToolMissing
-from vmkit.runner import Result, classify
+from vmkit.host.runner import Result, classify
 
 KVER = "6.1.0-99-amd64"
 RECIPE = boxes.recipes_dir() / "vmkit-mini"
@@ -360,7 +361,7 @@ def test_missing_tool_names_the_package(
     monkeypatch.undo()
     monkeypatch.setenv("VMKIT_CACHE", str(tmp_path))
     monkeypatch.setattr(
-        "vmkit.runner.shutil.which",
+        "vmkit.host.runner.shutil.which",
         lambda program, *a, **k: None if program == "mmdebstrap" else f"/usr/bin/{program}",
     )
     with pytest.raises(ToolMissing, match="mmdebstrap") as info:
@@ -407,10 +408,12 @@ def test_mirror_hiccup_is_retried_once(fake: FakeTools, monkeypatch: pytest.Monk
 def test_recipes_dir_missing_is_a_clear_error(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    fake_module = tmp_path / "site" / "vmkit" / "boxes.py"
-    fake_module.parent.mkdir(parents=True)
-    monkeypatch.setattr(boxes, "__file__", str(fake_module))
-    with pytest.raises(BoxNotFound, match="recipes folder"):
+    # An installation with neither package data nor a checkout around it.
+    site = tmp_path / "site" / "vmkit"
+    site.mkdir(parents=True)
+    monkeypatch.setattr(resources, "__file__", str(site / "resources.py"))
+    monkeypatch.setattr(resources.resources, "files", lambda _pkg: site)
+    with pytest.raises(BoxNotFound, match=r"recipes folder is missing.*reinstall"):
         boxes.recipes_dir()
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vmkit import catalog
+from vmkit.boxes import catalog
 from vmkit.errors import BoxNotFound, VmkitError
 
 GOOD = """

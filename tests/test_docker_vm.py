@@ -17,7 +17,8 @@ import pytest
 
 import vmkit.vm as api
 from tests.vmfixtures import SESSION_VM
-from vmkit import dockerhost, images
+from vmkit.docker import client as dockerhost
+from vmkit.docker import images
 from vmkit.errors import DockerError, InvalidInput
 
 # bench/ holds docker.py, so it must not go on sys.path (it would shadow the docker package).

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from vmkit.errors import InvalidInput, ToolMissing
-from vmkit.fallback import Plan, VersionNotUnderstood, choose, parse_vbox_version
-from vmkit.hostvirt import Check, HAVReport
+from vmkit.host.fallback import Plan, VersionNotUnderstood, choose, parse_vbox_version
+from vmkit.host.virt import Check, HAVReport
 
 FIX = Path(__file__).parent / "fixtures" / "hostvirt"
 

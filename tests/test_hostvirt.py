@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from vmkit.errors import CommandTimeout, ToolMissing
-from vmkit.hostvirt import (
+from vmkit.host.runner import Result
+from vmkit.host.virt import (
     CPU_FLAG,
     FIRMWARE,
     HOST_CPU,
@@ -28,7 +29,6 @@ from vmkit.hostvirt import (
     parse_systeminfo,
     probe_name,
 )
-from vmkit.runner import Result
 
 FIX = Path(__file__).parent / "fixtures" / "hostvirt"
 KVM_PROBE = probe_name("kvm")

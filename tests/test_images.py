@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from vmkit import images
+from vmkit.docker import images
 from vmkit.errors import InvalidInput
 
 
@@ -177,7 +177,7 @@ def test_memory_stays_flat_for_a_big_stream(tmp_path: Path) -> None:
 import io, resource, tarfile, json, os, gzip, sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from test_images import FakeVM
-from vmkit import images
+from vmkit.docker import images
 src = {str(tmp_path / "big.tar.gz")!r}
 # Write the archive streaming: 600 MB of zeros compresses to ~600 KB.
 with gzip.open(src, "wb", compresslevel=1) as g, tarfile.open(fileobj=g, mode="w|") as t:

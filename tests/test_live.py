@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from tests.vmfixtures import BUSYBOX_IMAGE, SESSION_VM, vmkit_cli
-from vmkit import procs
-from vmkit.netutil import free_port
+from vmkit.host import procs
+from vmkit.host.netutil import free_port
 
 pytestmark = pytest.mark.vm
 

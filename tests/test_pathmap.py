@@ -1,7 +1,7 @@
 import pytest
 
 from vmkit.errors import InvalidInput
-from vmkit.pathmap import guest_path
+from vmkit.guest.pathmap import guest_path
 
 
 @pytest.mark.parametrize(

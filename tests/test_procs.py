@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from vmkit import procs
+from vmkit.host import procs
 
 
 def test_alive_checks_the_marker_and_terminate_ends_it() -> None:

@@ -11,9 +11,9 @@ import pytest
 
 from vmkit import state
 from vmkit.errors import ProviderError, QMPError
-from vmkit.mechanisms.hostfwd import parse_usernet
 from vmkit.providers.qemu import QemuProvider
 from vmkit.providers.qemu.argv import QemuConfig, build_argv
+from vmkit.providers.qemu.hostfwd import parse_usernet
 from vmkit.providers.qemu.qmp import QMP
 from vmkit.state import VMRecord
 

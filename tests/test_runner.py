@@ -3,7 +3,7 @@ import sys
 import pytest
 
 from vmkit.errors import CommandFailed, CommandTimeout, PortInUse, ToolMissing
-from vmkit.runner import ErrorRule, run
+from vmkit.host.runner import ErrorRule, run
 
 
 def test_refuses_strings() -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from vmkit import keys
 from vmkit.errors import InvalidInput, NotFound
-from vmkit.seed import LABEL, make_seed
+from vmkit.guest import keys
+from vmkit.guest.seed import LABEL, make_seed
 
 DEBUGFS = "/usr/sbin/debugfs"
 

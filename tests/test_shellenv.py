@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from vmkit.shellenv import detect_shell, render
+from vmkit.docker.env import detect_shell, render
 
 NASTY = '/tmp/a b/it\'s "q" $(touch /tmp/pwned) `x` %PATH% ünï/docker.sock'
 

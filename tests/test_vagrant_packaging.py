@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from vmkit import packaging
+from vmkit.boxes import packaging
 from vmkit.errors import BoxError, BoxNotFound, InvalidInput
 
 KEY = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQDstandin vagrant insecure public key"

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from vmkit import runner
 from vmkit.errors import (
     BoxNotFound,
     HardwareVirtualizationUnavailable,
@@ -15,9 +14,10 @@ from vmkit.errors import (
     VMNotFound,
     VMNotRunning,
 )
+from vmkit.host import runner
+from vmkit.host.runner import Result
 from vmkit.providers.base import VMState
 from vmkit.providers.vagrant import errors, parse
-from vmkit.runner import Result
 
 # `vagrant status --machine-readable` of a project whose machine was never brought up.
 STATUS_NOT_CREATED = r"""1795503560,alice-obrien,metadata,provider,libvirt

@@ -1,6 +1,6 @@
 """The Vagrant provider against a stand-in ``vagrant`` that replays recorded output.
 
-The stand-in is a real program on PATH, so these tests exercise vmkit.runner, the command
+The stand-in is a real program on PATH, so these tests exercise vmkit.host.runner, the command
 prefix, the environment handling, streaming progress and the timeout kill for real.
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from vmkit.errors import CommandTimeout, InvalidInput, NotFound, VMNotRunning
+from vmkit.guest.ssh import SSHSession
 from vmkit.providers.base import VMState
 from vmkit.providers.vagrant import VagrantProvider, attach_record, errors, parse_url
-from vmkit.ssh import SSHSession
 from vmkit.state import VMRecord
 
 FAKE = textwrap.dedent(

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.vagrant_env import LibvirtNamespace
-from vmkit import labs, packaging
-from vmkit.netutil import free_port
+from vmkit import labs
+from vmkit.boxes import packaging
+from vmkit.host.netutil import free_port
 from vmkit.providers.base import VMState
 from vmkit.providers.vagrant import VagrantProvider
 
@@ -27,7 +28,7 @@ pytestmark = [pytest.mark.vagrant, pytest.mark.timeout(1500)]
 # Runs in the namespace, where 192.168.121.x is reachable: vmkit's own SSH client, pinned key.
 SSH_CHECK = """
 import json, sys
-from vmkit.ssh import SSHSession
+from vmkit.guest.ssh import SSHSession
 from vmkit.state import SSHEndpoint
 ep = SSHEndpoint(**json.loads(sys.argv[1]))
 with SSHSession(ep, connect_timeout=30) as s:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vmkit.netutil import free_port
+from vmkit.host.netutil import free_port
 from vmkit.testing.vboxsim import VBoxSim
 
 

@@ -25,8 +25,8 @@ from vmkit.errors import (
     VMNotFound,
     VMNotRunning,
 )
+from vmkit.host.runner import Result, classify
 from vmkit.providers.virtualbox.errors import error_rules
-from vmkit.runner import Result, classify
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vbox"
 

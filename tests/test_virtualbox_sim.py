@@ -26,13 +26,13 @@ from vmkit.errors import (
     VMExists,
     VMNotFound,
 )
-from vmkit.mechanisms.natpf import NatPF
-from vmkit.mechanisms.vboxsf import VBoxSF, share_tag
+from vmkit.host.runner import run
 from vmkit.providers.base import VMState
 from vmkit.providers.virtualbox import VBoxManage, VirtualBoxProvider, backend
 from vmkit.providers.virtualbox.nat import free_port
+from vmkit.providers.virtualbox.natpf import NatPF
 from vmkit.providers.virtualbox.parsers import parse_showvminfo
-from vmkit.runner import run
+from vmkit.providers.virtualbox.vboxsf import VBoxSF, share_tag
 from vmkit.state import ForwardSpec, ShareSpec, SSHEndpoint, VMRecord
 from vmkit.testing import FakeSSHSession
 from vmkit.testing.vboxsim import VBoxSim as Sim

@@ -15,9 +15,10 @@ import attrs
 import pytest
 
 from tests.vmfixtures import SESSION_VM, vmkit_cli
-from vmkit import procs, state
+from vmkit import state
 from vmkit.errors import HostKeyMismatch
-from vmkit.ssh import SSHSession
+from vmkit.guest.ssh import SSHSession
+from vmkit.host import procs
 
 pytestmark = pytest.mark.vm
 

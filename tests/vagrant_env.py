@@ -26,7 +26,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from vmkit import runner
+from vmkit.host import runner
 
 MOUNTS = (
     "/run/libvirt",

@@ -9,8 +9,8 @@ Every error is a ``vmkit.VmkitError`` (see ``vmkit.errors`` for the tree).
 """
 
 from vmkit.errors import VmkitError
+from vmkit.host.runner import Result
 from vmkit.providers.base import Status, VMState
-from vmkit.runner import Result
 from vmkit.state import ForwardSpec, ShareSpec
 from vmkit.vm import VM, attach, create, get, list_vms, resolve, up
 

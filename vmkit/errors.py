@@ -48,7 +48,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from vmkit.runner import Result
+    from vmkit.host.runner import Result
 
 
 class VmkitError(Exception):

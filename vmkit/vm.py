@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
-from vmkit import keys, procs, state
+from vmkit import state
 from vmkit.errors import (
     ForwardExists,
     ForwardNotFound,
@@ -35,14 +35,17 @@ from vmkit.errors import (
     VMNotFound,
     VMNotRunning,
 )
+from vmkit.guest import keys
+from vmkit.guest.pathmap import guest_path
+from vmkit.guest.ready import Probe, wait_for
+from vmkit.guest.ssh import SSHSession
 from vmkit.home import check_name
-from vmkit.netutil import check_port_number, read_banner, require_free
-from vmkit.pathmap import guest_path
+from vmkit.host import procs
+from vmkit.host.netutil import check_port_number, read_banner, require_free
+from vmkit.host.runner import Result
+from vmkit.progress import Progress, no_progress
 from vmkit.providers import registry
-from vmkit.providers.base import Progress, Provider, Status, VMState, no_progress
-from vmkit.ready import Probe, wait_for
-from vmkit.runner import Result
-from vmkit.ssh import SSHSession
+from vmkit.providers.base import Provider, Status, VMState
 from vmkit.state import ForwardSpec, ShareSpec, SSHEndpoint, VMRecord
 
 if TYPE_CHECKING:
@@ -289,7 +292,7 @@ class VM:
 
     def docker(self) -> docker.DockerClient:
         """A docker-py client talking to the VM's dockerd over the kept SSH connection."""
-        from vmkit.dockerhost import docker_client
+        from vmkit.docker.client import docker_client
 
         self.require_running()
         return docker_client(self)
@@ -561,7 +564,7 @@ def create(
             hint="adopt an existing one with `vmkit attach`",
         )
     if accel is None:
-        from vmkit.hostvirt import detect
+        from vmkit.host.virt import detect
 
         accel = detect().accel
     with state.locked(name):
@@ -580,7 +583,7 @@ def create(
             progress("making the VM's SSH identity (client key, guest host key, seed disk)")
             keys.generate(files.client_key, f"vmkit@{name}")
             host_pub = keys.generate(files.host_key, f"root@vmkit-{name}")
-            from vmkit.seed import make_seed
+            from vmkit.guest.seed import make_seed
 
             make_seed(
                 files.seed,

@@ -8,9 +8,10 @@ import sys
 import time
 from typing import Any
 
-from vmkit import errors, procs
+from vmkit import errors
 from vmkit.home import InstanceFiles
-from vmkit.runner import spawn
+from vmkit.host import procs
+from vmkit.host.runner import spawn
 
 
 def agent_pid(files: InstanceFiles) -> int | None:

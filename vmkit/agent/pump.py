@@ -19,8 +19,8 @@ import attrs
 import paramiko
 
 from vmkit.errors import NotSupported, PortInUse, ProviderError, SSHError, VmkitError
+from vmkit.guest.ssh import SSHSession
 from vmkit.mechanisms.base import guest_mountpoints, prepare_mountpoint, unmount
-from vmkit.ssh import SSHSession
 from vmkit.state import ForwardSpec, ShareSpec
 
 SFTP_SERVERS = (

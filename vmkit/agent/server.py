@@ -23,8 +23,8 @@ import attrs
 from vmkit import state
 from vmkit.agent.pump import SSHFSSession, Tunnel
 from vmkit.errors import NotSupported, VmkitError
+from vmkit.guest.ssh import SSHSession
 from vmkit.home import InstanceFiles
-from vmkit.ssh import SSHSession
 from vmkit.state import ForwardSpec, ShareSpec
 
 

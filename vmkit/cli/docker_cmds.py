@@ -18,9 +18,12 @@ from rich.progress import (
 )
 
 import vmkit.vm as api
-from vmkit import dockerhost, images, runner, shellenv
 from vmkit.cli.render import console, err_console, progress_printer
+from vmkit.docker import client as dockerhost
+from vmkit.docker import env as shellenv
+from vmkit.docker import images
 from vmkit.errors import InvalidInput, ToolMissing
+from vmkit.host import runner
 
 _VM = click.option(
     "--vm", "vm_name", metavar="NAME", help="The VM (default: the only running one)."

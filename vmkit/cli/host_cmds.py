@@ -37,8 +37,8 @@ def register(group: click.Group) -> None:
 @click.command()
 def doctor() -> None:
     """Check this host: hardware virtualization, the fallback vmkit will use, and tools."""
-    from vmkit.fallback import choose
-    from vmkit.hostvirt import detect, explain
+    from vmkit.host.fallback import choose
+    from vmkit.host.virt import detect, explain
 
     hav = detect()
     console.print(explain(hav), markup=False, soft_wrap=True)
@@ -60,7 +60,7 @@ def doctor() -> None:
 
 def _vbox_plan(hav: object) -> str | None:
     from vmkit.errors import VmkitError
-    from vmkit.fallback import choose
+    from vmkit.host.fallback import choose
     from vmkit.providers.virtualbox import discover
 
     try:

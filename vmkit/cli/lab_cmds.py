@@ -1,6 +1,6 @@
 """Course labs and Vagrant boxes: ``vmkit lab render|up|status|down``, ``vmkit box package|catalog``.
 
-Thin over ``vmkit.labs``, ``vmkit.packaging`` and ``vmkit.catalog``; ``register`` adds the
+Thin over ``vmkit.labs``, ``vmkit.boxes.packaging`` and ``vmkit.boxes.catalog``; ``register`` adds the
 ``lab`` group, ``register_box_commands`` adds two commands to the ``box`` group.
 """
 
@@ -18,7 +18,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from vmkit import catalog, labs, packaging
+from vmkit import labs
+from vmkit.boxes import catalog, packaging
 from vmkit.cli.render import console, progress_printer
 from vmkit.errors import InvalidInput
 from vmkit.labs.run import LabEvent, LabFailed, LabReport
@@ -70,7 +71,7 @@ def _guest_ports(values: tuple[str, ...]) -> dict[str, int] | None:
 def _libvirt_driver(choice: str) -> str:
     if choice != "auto":
         return choice
-    from vmkit import hostvirt
+    from vmkit.host import virt as hostvirt
 
     return "kvm" if hostvirt.detect().usable else "qemu"
 

@@ -6,7 +6,8 @@ import time
 
 from rich.console import Console
 
-from vmkit.providers.base import Progress, Status, VMState
+from vmkit.progress import Progress
+from vmkit.providers.base import Status, VMState
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -12,8 +12,8 @@ import vmkit.vm as api
 from vmkit import state
 from vmkit.cli.render import console, progress_printer, state_text
 from vmkit.home import check_name
-from vmkit.providers.base import Progress
-from vmkit.runner import which
+from vmkit.host.runner import which
+from vmkit.progress import Progress
 
 
 def register(group: click.Group) -> None:
@@ -58,8 +58,8 @@ def up(name: str, box: str, arch: str, cpus: int, memory: int, disk: int, provid
 def _create(
     name: str, box: str, arch: str, cpus: int, memory: int, disk: int, provider: str, show: Progress
 ) -> api.VM:
-    from vmkit.fallback import choose
-    from vmkit.hostvirt import detect, notice
+    from vmkit.host.fallback import choose
+    from vmkit.host.virt import detect, notice
 
     hav = detect()
     plan = choose(provider, hav, _vbox_version() if provider == "virtualbox" else None)

@@ -20,7 +20,7 @@ from filelock import FileLock, Timeout
 
 from vmkit import home
 from vmkit.errors import InvalidInput, PortInUse, VMLocked
-from vmkit.netutil import port_is_free
+from vmkit.host.netutil import port_is_free
 from vmkit.state import atomic_write
 
 SCHEMA = 1

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import attrs
 
-from vmkit.ssh import SSHSession
+from vmkit.guest.ssh import SSHSession
 from vmkit.state import ForwardSpec, ShareSpec
 
 

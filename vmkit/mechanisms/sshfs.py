@@ -13,7 +13,7 @@ import attrs
 
 from vmkit.agent.client import request
 from vmkit.errors import NotSupported
-from vmkit.ssh import SSHSession
+from vmkit.guest.ssh import SSHSession
 from vmkit.state import ShareSpec, VMRecord
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import attrs
 
 from vmkit.agent.client import request
-from vmkit.ssh import SSHSession
+from vmkit.guest.ssh import SSHSession
 from vmkit.state import ForwardSpec, VMRecord
 
 

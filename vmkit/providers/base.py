@@ -13,17 +13,12 @@ from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
+from vmkit.progress import Progress
+
 if TYPE_CHECKING:
+    from vmkit.guest.ssh import SSHSession
     from vmkit.mechanisms.base import ForwardMechanism, ShareMechanism
-    from vmkit.ssh import SSHSession
     from vmkit.state import VMRecord
-
-#: Called with one line of progress ("booting", "waiting for SSH", ...).
-Progress = Callable[[str], None]
-
-
-def no_progress(_: str) -> None:
-    """A ``Progress`` that shows nothing."""
 
 
 class VMState(enum.StrEnum):

@@ -18,13 +18,14 @@ import attrs
 import paramiko
 
 from vmkit.errors import HostKeyMismatch, InvalidInput, NotSupported, SSHError
-from vmkit.netutil import read_banner
-from vmkit.providers.base import Capabilities, Progress, Status, VMState
+from vmkit.host.netutil import read_banner
+from vmkit.progress import Progress
+from vmkit.providers.base import Capabilities, Status, VMState
 from vmkit.state import SSHEndpoint
 
 if TYPE_CHECKING:
+    from vmkit.guest.ssh import SSHSession
     from vmkit.mechanisms.base import ForwardMechanism, ShareMechanism
-    from vmkit.ssh import SSHSession
     from vmkit.state import VMRecord
 
 

@@ -1,4 +1,4 @@
-"""A recording stand-in for ``vmkit.ssh.SSHSession`` whose guest answers can be scripted.
+"""A recording stand-in for ``vmkit.guest.ssh.SSHSession`` whose guest answers can be scripted.
 
 It has ``SSHSession.run``'s signature and result type, records every call, and plays a tiny
 guest: a mount table (``mount -t``, ``umount``, ``cat /proc/self/mounts``), loadable kernel
@@ -20,8 +20,8 @@ import attrs
 import paramiko
 
 from vmkit.errors import GuestCommandFailed, SSHError
-from vmkit.runner import Result
-from vmkit.ssh import SSHSession
+from vmkit.guest.ssh import SSHSession
+from vmkit.host.runner import Result
 from vmkit.state import SSHEndpoint
 
 #: Turns a call's argv (without ``sudo``) into (exit code, stdout, stderr).

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, ClassVar
 
 import attrs
 
-from vmkit import procs
 from vmkit.errors import (
     HardwareVirtualizationUnavailable,
     PortInUse,
@@ -19,15 +18,17 @@ from vmkit.errors import (
     QMPError,
     VmkitError,
 )
-from vmkit.netutil import free_port, read_banner
-from vmkit.providers.base import Capabilities, Progress, Status, VMState
+from vmkit.host import procs
+from vmkit.host.netutil import free_port, read_banner
+from vmkit.host.runner import ErrorRule, Result, run, which
+from vmkit.progress import Progress
+from vmkit.providers.base import Capabilities, Status, VMState
 from vmkit.providers.qemu.argv import QemuConfig, build_argv
 from vmkit.providers.qemu.qmp import QMP
-from vmkit.runner import ErrorRule, Result, run, which
 
 if TYPE_CHECKING:
+    from vmkit.guest.ssh import SSHSession
     from vmkit.mechanisms.base import ForwardMechanism, ShareMechanism
-    from vmkit.ssh import SSHSession
     from vmkit.state import VMRecord
 
 QEMU_BINARY = "qemu-system-x86_64"
@@ -221,15 +222,15 @@ class QemuProvider:
         self, record: VMRecord, ssh: Callable[[], SSHSession]
     ) -> list[ShareMechanism]:
         from vmkit.mechanisms.sshfs import ReverseSSHFS
-        from vmkit.mechanisms.virtiofs import VirtioFS
+        from vmkit.providers.qemu.virtiofs import VirtioFS
 
         return [VirtioFS(record, ssh), ReverseSSHFS(record, ssh)]
 
     def forward_mechanisms(
         self, record: VMRecord, ssh: Callable[[], SSHSession]
     ) -> list[ForwardMechanism]:
-        from vmkit.mechanisms.hostfwd import HostFwd
         from vmkit.mechanisms.tunnel import SSHTunnel
+        from vmkit.providers.qemu.hostfwd import HostFwd
 
         return [HostFwd(record), SSHTunnel(record, ssh)]
 

@@ -1,6 +1,6 @@
 """Vagrant: machines of Vagrant projects (VirtualBox or libvirt underneath), and Vagrantfiles.
 
-``VagrantProvider`` drives ``vagrant`` through ``vmkit.runner`` (see ``cli`` for why not
+``VagrantProvider`` drives ``vagrant`` through ``vmkit.host.runner`` (see ``cli`` for why not
 python-vagrant); ``vagrantfile`` renders Vagrantfiles from templates with Ruby escaping.
 """
 

@@ -1,4 +1,4 @@
-"""Running ``vagrant`` for one project: argv builders over ``vmkit.runner``.
+"""Running ``vagrant`` for one project: argv builders over ``vmkit.host.runner``.
 
 Why not python-vagrant: its ``Vagrant`` class swallows ``CalledProcessError`` and drops
 stderr, has no timeouts, reports libvirt's ``shutoff`` as ``poweroff``, replaces the whole
@@ -22,12 +22,12 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from vmkit import runner
 from vmkit.errors import CommandTimeout
-from vmkit.providers.base import Progress, no_progress
+from vmkit.host import runner
+from vmkit.host.runner import Result
+from vmkit.progress import Progress, no_progress
 from vmkit.providers.vagrant import parse
 from vmkit.providers.vagrant.errors import rules
-from vmkit.runner import Result
 
 #: Seconds. Under TCG ``up`` took 70-140 s, ``halt`` 24-43 s, ``destroy`` 2-7 s (NOTES.md).
 UP_TIMEOUT = 900.0

@@ -24,8 +24,8 @@ from vmkit.errors import (
     VMNotFound,
     VMNotRunning,
 )
+from vmkit.host.runner import ErrorRule, Result
 from vmkit.providers.vagrant import parse
-from vmkit.runner import ErrorRule, Result
 
 
 class VagrantFailed(ProviderError):

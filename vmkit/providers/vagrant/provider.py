@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING
 import attrs
 
 from vmkit.errors import CommandTimeout, InvalidInput, NotFound, SSHError, VMNotRunning
-from vmkit.providers.base import Capabilities, Progress, Status, VMState, no_progress
+from vmkit.progress import Progress, no_progress
+from vmkit.providers.base import Capabilities, Status, VMState
 from vmkit.providers.vagrant import cli, parse
 from vmkit.state import SSHEndpoint, VMRecord
 
 if TYPE_CHECKING:
+    from vmkit.guest.ssh import SSHSession
     from vmkit.mechanisms.base import ForwardMechanism, ShareMechanism
-    from vmkit.ssh import SSHSession
 
 #: Where vmkit-mini and most boxes keep the guest's ed25519 host key.
 HOST_KEY_PATH = "/etc/ssh/ssh_host_ed25519_key.pub"

@@ -18,6 +18,7 @@ from typing import Any
 
 import jinja2
 
+from vmkit import resources
 from vmkit.errors import InvalidInput, NotFound
 
 #: The templates shipped with vmkit.
@@ -29,7 +30,7 @@ MACHINE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
 def templates_dir() -> Path:
     """The folder of the shipped ``*.Vagrantfile.j2`` templates."""
-    return Path(__file__).resolve().parents[3] / "Vagrantfile.templates"
+    return resources.data_dir(resources.VAGRANTFILE_TEMPLATES)
 
 
 def ruby_literal(value: Any) -> str:

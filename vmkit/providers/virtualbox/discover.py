@@ -9,8 +9,8 @@ from collections.abc import Callable, Mapping
 from pathlib import PureWindowsPath
 
 from vmkit.errors import ProviderError, ToolMissing
+from vmkit.host.runner import run
 from vmkit.providers.virtualbox.parsers import VBoxVersion, parse_version
-from vmkit.runner import run
 
 #: The oldest series vmkit drives; older ones lack the commands and output formats it relies on.
 MIN_SERIES = (5, 2)

@@ -28,7 +28,7 @@ from vmkit.errors import (
     VMNotFound,
     VMNotRunning,
 )
-from vmkit.runner import ErrorRule, Result
+from vmkit.host.runner import ErrorRule, Result
 
 _QEMU = "or let vmkit use QEMU instead (`--provider qemu`: slower, but needs no VT-x/AMD-V)"
 

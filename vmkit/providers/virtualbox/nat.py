@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vmkit.netutil import free_port, port_is_free
+from vmkit.host.netutil import free_port, port_is_free
 
 #: The rule that carries SSH to the guest (vmkit's, docker-machine's and Vagrant's name for it).
 SSH_RULE = "ssh"

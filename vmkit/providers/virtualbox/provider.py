@@ -18,15 +18,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import attrs
 
 from vmkit.errors import NotFound, NotSupported, ProviderError, VMExists
-from vmkit.providers.base import Capabilities, Progress, Status, VMState, no_progress
+from vmkit.host.runner import run, which
+from vmkit.progress import Progress, no_progress
+from vmkit.providers.base import Capabilities, Status, VMState
 from vmkit.providers.virtualbox.nat import SSH_RULE, free_port, host_port_free
 from vmkit.providers.virtualbox.parsers import NatRule, SharedFolder, VMInfo
 from vmkit.providers.virtualbox.vboxmanage import VBoxManage
-from vmkit.runner import run, which
 
 if TYPE_CHECKING:
+    from vmkit.guest.ssh import SSHSession
     from vmkit.mechanisms.base import ForwardMechanism, ShareMechanism
-    from vmkit.ssh import SSHSession
     from vmkit.state import VMRecord
 
 PREFIX = "vmkit-"
@@ -176,7 +177,8 @@ class VirtualBoxProvider:
                 hint="remove it in VirtualBox, or pick another vmkit name",
             )
         if disk is None:
-            from vmkit import bootdisk, boxes
+            from vmkit import boxes
+            from vmkit.boxes import bootdisk
 
             # VirtualBox boots from the disk's MBR, not a kernel file: the bootable copy.
             box = boxes.ensure(record.box, record.arch, progress=progress)
@@ -322,7 +324,7 @@ class VirtualBoxProvider:
         self, record: VMRecord, ssh: Callable[[], SSHSession]
     ) -> list[ShareMechanism]:
         """vboxsf (VirtualBox shared folders); the caller adds SSH-based fallbacks."""
-        from vmkit.mechanisms.vboxsf import VBoxSF
+        from vmkit.providers.virtualbox.vboxsf import VBoxSF
 
         return [VBoxSF(self.vbm, vbox_name(record), ssh)]
 
@@ -330,7 +332,7 @@ class VirtualBoxProvider:
         self, record: VMRecord, ssh: Callable[[], SSHSession]
     ) -> list[ForwardMechanism]:
         """natpf (VirtualBox NAT rules on NIC 1)."""
-        from vmkit.mechanisms.natpf import NatPF
+        from vmkit.providers.virtualbox.natpf import NatPF
 
         return [NatPF(self.vbm, vbox_name(record))]
 

@@ -1,10 +1,11 @@
-"""One VBoxManage program: found once, version checked once, every call through vmkit.runner."""
+"""One VBoxManage program: found once, version checked once, every call through vmkit.host.runner."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from vmkit.errors import VMNotFound
+from vmkit.host.runner import Result, run
 from vmkit.providers.virtualbox.discover import check_series, find_vboxmanage, read_version
 from vmkit.providers.virtualbox.errors import error_rules
 from vmkit.providers.virtualbox.parsers import (
@@ -14,7 +15,6 @@ from vmkit.providers.virtualbox.parsers import (
     parse_list_vms,
     parse_showvminfo,
 )
-from vmkit.runner import Result, run
 
 
 class VBoxManage:

@@ -8,7 +8,7 @@ Vagrantfile boots it with vagrant-libvirt's direct kernel boot (``libvirt.kernel
 
 VirtualBox: ``box.ovf`` + a stream-optimized VMDK + ``metadata.json`` + ``Vagrantfile``.
 VirtualBox boots only through a bootloader on the disk, so the VMDK holds the BIOS-bootable
-layout of ``vmkit.bootdisk`` (SYSLINUX, kernel and initrd on a FAT partition, then the root).
+layout of ``vmkit.boxes.bootdisk`` (SYSLINUX, kernel and initrd on a FAT partition, then the root).
 
 SSH: Vagrant logs in with its well-known insecure key and replaces it at the first ``up``.
 vmkit-mini's user is ``vmkit`` with no key baked in, so packaging writes Vagrant's public
@@ -38,9 +38,9 @@ from xml.sax.saxutils import escape, quoteattr
 import attrs
 
 from vmkit.errors import BoxError, InvalidInput, ToolMissing
-from vmkit.providers.base import Progress, no_progress
+from vmkit.host.runner import run, which
+from vmkit.progress import Progress, no_progress
 from vmkit.providers.vagrant.vagrantfile import ruby_string
-from vmkit.runner import run, which
 
 if TYPE_CHECKING:
     from vmkit.boxes import Box
@@ -351,7 +351,7 @@ def libvirt_box_vagrantfile(cmdline: str, driver: str | None = None) -> str:
 
 
 def _virtualbox_box(box: Box, box_name: str, raw: Path, content: Path) -> None:
-    from vmkit.bootdisk import assemble
+    from vmkit.boxes.bootdisk import assemble
 
     # VirtualBox boots from the MBR: SYSLINUX, the kernel and the initrd go on the disk.
     bios = assemble(raw, box.kernel, box.initrd, box.cmdline, raw.with_name("bios.raw"))

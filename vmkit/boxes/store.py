@@ -30,7 +30,7 @@ from typing import Any
 import attrs
 from filelock import FileLock
 
-from vmkit import home
+from vmkit import home, resources
 from vmkit.errors import (
     BoxBuildFailed,
     BoxCorrupt,
@@ -38,9 +38,10 @@ from vmkit.errors import (
     CommandFailed,
     InvalidInput,
     ToolMissing,
+    VmkitError,
 )
-from vmkit.providers.base import Progress, no_progress
-from vmkit.runner import ErrorRule, run, which
+from vmkit.host.runner import ErrorRule, run, which
+from vmkit.progress import Progress, no_progress
 
 ARCHES = ("amd64", "i386")
 MANIFEST = "manifest.json"
@@ -145,14 +146,11 @@ class Box:
 
 
 def recipes_dir() -> Path:
-    """The repository's ``boxes/`` folder, where recipes live."""
-    path = Path(__file__).resolve().parent.parent / "boxes"
-    if not path.is_dir():
-        raise BoxNotFound(
-            f"the box recipes folder {path} does not exist",
-            hint="box recipes ship with the vmkit source tree; build boxes from a git checkout",
-        )
-    return path
+    """The shipped ``boxes/`` folder, where recipes live."""
+    try:
+        return resources.data_dir(resources.BOXES)
+    except VmkitError as e:
+        raise BoxNotFound(f"the box recipes folder is missing: {e.message}", hint=e.hint) from e
 
 
 def box_dir(name: str, arch: str) -> Path:

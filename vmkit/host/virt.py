@@ -23,9 +23,9 @@ from typing import Protocol
 
 import attrs
 
-from vmkit import runner as _runner
 from vmkit.errors import CommandTimeout, ToolError, ToolMissing
-from vmkit.runner import Result
+from vmkit.host import runner as _runner
+from vmkit.host.runner import Result
 
 #: A probe start takes 0.03-0.06 s here (QEMU 7.2); the timeout only guards against a hang.
 PROBE_TIMEOUT = 3.0
@@ -53,7 +53,7 @@ def probe_name(accel: str) -> str:
 
 
 class RunFn(Protocol):
-    """The part of ``vmkit.runner.run`` that detection uses; tests pass a fake."""
+    """The part of ``vmkit.host.runner.run`` that detection uses; tests pass a fake."""
 
     def __call__(
         self,

@@ -27,8 +27,8 @@ from typing import IO, TYPE_CHECKING, Any
 
 import attrs
 
-from vmkit import runner
 from vmkit.errors import DockerError, InvalidInput, VmkitError
+from vmkit.host import runner
 
 if TYPE_CHECKING:
     from vmkit.vm import VM
@@ -261,7 +261,7 @@ def load(vm: VM, path: str | os.PathLike[str], *, progress: Progress = _no_progr
         check.finish()
         progress(total, total)
 
-    from vmkit.dockerhost import translate
+    from vmkit.docker.client import translate
 
     client = vm.docker()
     started = time.monotonic()
@@ -309,7 +309,7 @@ def save(
     The file appears only when complete (written beside it, then renamed). Returns tar bytes.
     """
 
-    from vmkit.dockerhost import require_image, translate
+    from vmkit.docker.client import require_image, translate
 
     out = Path(os.fspath(path)).expanduser()
     kind = _SUFFIXES.get(out.suffix)

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from vmkit.errors import InvalidInput, NotFound
-from vmkit.runner import run, which
+from vmkit.host.runner import run, which
 
 LABEL = "vmkit-seed"
 SIZE = "4M"
@@ -47,7 +47,7 @@ def make_seed(path: Path, *, authorized_key: str, host_key: Path, hostname: str)
     """Write the seed image for one VM at ``path`` (0600: it holds a private key); return it.
 
     ``authorized_key`` is one or more OpenSSH public key lines; ``host_key`` is the guest's
-    private host key (ed25519, as ``vmkit.keys.generate`` makes it) with ``host_key.pub``
+    private host key (ed25519, as ``vmkit.guest.keys.generate`` makes it) with ``host_key.pub``
     beside it. The image replaces ``path`` atomically.
     """
     keys = _check_authorized_keys(authorized_key)
@@ -139,7 +139,7 @@ def _read_host_key(host_key: Path) -> tuple[str, str]:
         if not p.is_file():
             raise NotFound(
                 f"host key file {p} does not exist",
-                hint="make the pair with vmkit.keys.generate(path, comment)",
+                hint="make the pair with vmkit.guest.keys.generate(path, comment)",
             )
     private = host_key.read_text(encoding="utf-8")
     if "PRIVATE KEY-----" not in private:

@@ -8,7 +8,7 @@ nothing read from or written to ``~/.ssh``):
   guest's sshd allows it (a channel open costs one round trip), else ``docker system
   dial-stdio`` run in the guest (what the docker CLI does over ``ssh://``; it starts a guest
   process per connection). HTTP keep-alive reuses channels, so most calls open nothing.
-* :func:`ensure_socket` starts a small helper process (``python -m vmkit.dockerhost serve``)
+* :func:`ensure_socket` starts a small helper process (``python -m vmkit.docker.client serve``)
   that listens on ``docker.sock`` in the VM's folder and carries each connection the same way.
   The host's docker CLI, ``vmkit env`` and docker contexts point ``DOCKER_HOST`` at it: the
   docker CLI's own ``ssh://`` transport starts an ``ssh`` process per connection and cannot be
@@ -35,12 +35,13 @@ import urllib3
 import urllib3.connection
 import urllib3.connectionpool
 
-from vmkit import procs, runner, state
+from vmkit import state
 from vmkit.errors import DockerError, InvalidInput, SSHError, VmkitError
+from vmkit.guest.ssh import SSHSession
 from vmkit.home import InstanceFiles
-from vmkit.netutil import check_port_number
-from vmkit.providers.base import Progress, no_progress
-from vmkit.ssh import SSHSession
+from vmkit.host import procs, runner
+from vmkit.host.netutil import check_port_number
+from vmkit.progress import Progress, no_progress
 
 if TYPE_CHECKING:
     import docker
@@ -334,7 +335,7 @@ def ensure_socket(vm: VM, *, timeout: float = 15) -> Path:
         path.unlink()
     log = files.dir / "docker-sock.log"
     proc = runner.spawn(
-        [sys.executable, "-m", "vmkit.dockerhost", "serve", str(files.dir)], log=log
+        [sys.executable, "-m", "vmkit.docker.client", "serve", str(files.dir)], log=log
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -424,7 +425,7 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "serve":
         serve(Path(sys.argv[2]))
     else:
-        sys.exit("usage: python -m vmkit.dockerhost serve VM_FOLDER")
+        sys.exit("usage: python -m vmkit.docker.client serve VM_FOLDER")
 
 
 # -- running an image with shares and forwards --------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from vmkit.runner import run, which
+from vmkit.host.runner import run, which
 
 
 def generate(path: Path, comment: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from vmkit import home
+from vmkit import home, resources
 from vmkit.errors import BoxNotFound, InvalidInput
 
 SOURCES = ("local", "vagrant-cloud", "url")
@@ -67,7 +67,7 @@ class CatalogEntry:
 
 def builtin_path() -> Path:
     """The catalog that ships with vmkit."""
-    return Path(__file__).resolve().parent.parent / "boxes" / "catalog.toml"
+    return resources.data_dir(resources.BOXES) / "catalog.toml"
 
 
 def user_path() -> Path:

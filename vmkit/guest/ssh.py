@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import paramiko
 
 from vmkit.errors import GuestCommandFailed, HostKeyMismatch, SSHError
-from vmkit.runner import Result
+from vmkit.host.runner import Result
 from vmkit.state import SSHEndpoint
 
 # paramiko logs connection failures itself; vmkit raises them as SSHError instead, so without

@@ -16,11 +16,11 @@ from collections.abc import Callable
 import attrs
 
 from vmkit.errors import GuestModuleMissing, InvalidInput, ShareExists, VMNotFound
+from vmkit.guest.ssh import SSHSession
 from vmkit.mechanisms.base import guest_mounts, prepare_mountpoint, unmount
-from vmkit.providers.base import Progress, no_progress
+from vmkit.progress import Progress, no_progress
 from vmkit.providers.virtualbox.parsers import SharedFolder, VMInfo
 from vmkit.providers.virtualbox.vboxmanage import VBoxManage
-from vmkit.ssh import SSHSession
 from vmkit.state import ShareSpec
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from vmkit.boxes import Box
 from vmkit.errors import ToolMissing
-from vmkit.providers.base import Progress, no_progress
-from vmkit.runner import run, which
+from vmkit.host.runner import run, which
+from vmkit.progress import Progress, no_progress
 
 MBR_PATHS = (
     "/usr/lib/syslinux/mbr/mbr.bin",

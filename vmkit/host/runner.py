@@ -63,7 +63,7 @@ class ErrorRule:
 
 def _check_argv(argv: Sequence[str]) -> list[str]:
     if isinstance(argv, (str, bytes)):
-        raise TypeError("vmkit.runner takes an argument list, never a command string")
+        raise TypeError("vmkit.host.runner takes an argument list, never a command string")
     out = [os.fspath(a) for a in argv]
     if not out:
         raise TypeError("empty argument list")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import attrs
 
 from vmkit.errors import ForwardExists, InvalidInput, PortInUse
-from vmkit.providers.base import Progress, no_progress
+from vmkit.progress import Progress, no_progress
 from vmkit.providers.virtualbox.nat import SSH_RULE, host_port_free
 from vmkit.providers.virtualbox.parsers import NatRule
 from vmkit.providers.virtualbox.vboxmanage import VBoxManage

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import attrs
 
-from vmkit import procs
 from vmkit.errors import GuestModuleMissing, NotSupported, ProviderError, QMPError, VmkitError
+from vmkit.guest.ssh import SSHSession
+from vmkit.host import procs
+from vmkit.host.runner import spawn
 from vmkit.mechanisms.base import guest_mountpoints, prepare_mountpoint, unmount
 from vmkit.providers.qemu.qmp import QMP
-from vmkit.runner import spawn
-from vmkit.ssh import SSHSession
 from vmkit.state import ShareSpec, VMRecord
 
 VIRTIOFSD_PATHS = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/virtiofsd")

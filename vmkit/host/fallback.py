@@ -26,7 +26,7 @@ import re
 import attrs
 
 from vmkit.errors import InvalidInput, ToolMissing
-from vmkit.hostvirt import HAVReport
+from vmkit.host.virt import HAVReport
 
 PROVIDERS = ("qemu", "virtualbox")
 BOX = "vmkit-mini"

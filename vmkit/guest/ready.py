@@ -9,7 +9,7 @@ import attrs
 import tenacity
 
 from vmkit.errors import BootTimeout, VmkitError
-from vmkit.providers.base import Progress
+from vmkit.progress import Progress
 
 
 @attrs.frozen

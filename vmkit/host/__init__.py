@@ -1,0 +1,1 @@
+"""The host side: running programs, processes, ports, hardware virtualization and the fallback policy."""
