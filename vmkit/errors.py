@@ -20,6 +20,7 @@ are caught into the most specific class below and chained with ``from``.
     │   └── ForwardExists
     ├── StateError                      the VM is not in a state that allows the call
     │   ├── VMNotRunning
+    │   ├── VMUnreachable               it was up, and its SSH stopped answering
     │   ├── VMAmbiguous                 no VM named and several run
     │   └── VMLocked                    another vmkit (or VirtualBox session) holds the VM
     ├── PortInUse
@@ -30,8 +31,10 @@ are caught into the most specific class below and chained with ``from``.
     │   └── CommandTimeout
     ├── ProviderError
     │   ├── HardwareVirtualizationUnavailable
+    │   │   └── AcceleratorFailed       the accelerator could not run the VM's kernel
     │   ├── QMPError
-    │   └── BootTimeout
+    │   └── BootTimeout                 its message is read from the console log
+    │       └── ConsoleSilent           the kernel never printed a line
     ├── BoxError                        building or reading a box
     │   ├── BoxCorrupt
     │   └── BoxBuildFailed
@@ -119,6 +122,10 @@ class VMNotRunning(StateError):
     default_hint = "start it with `vmkit start NAME`"
 
 
+class VMUnreachable(StateError):
+    """The VM answered SSH since it booted and does not now: it is not booting, so no wait."""
+
+
 class VMAmbiguous(StateError):
     default_hint = "name one with --vm NAME"
 
@@ -171,6 +178,10 @@ class HardwareVirtualizationUnavailable(ProviderError):
     """VT-x / AMD-V is off, missing, or taken by another hypervisor."""
 
 
+class AcceleratorFailed(HardwareVirtualizationUnavailable):
+    """QEMU started with the accelerator, but the VM's kernel did not run (proven by booting)."""
+
+
 class QMPError(ProviderError):
     """QEMU's monitor refused a command; keeps what was sent and what came back."""
 
@@ -183,7 +194,11 @@ class QMPError(ProviderError):
 
 
 class BootTimeout(ProviderError):
-    pass
+    """The guest did not get ready in time; the message says how far it got, from its console."""
+
+
+class ConsoleSilent(BootTimeout):
+    """The guest's serial console stayed empty: its kernel never ran."""
 
 
 class BoxError(VmkitError):

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -120,15 +121,33 @@ def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
 
 @contextlib.contextmanager
 def locked(name: str, timeout: float = 120.0) -> Iterator[None]:
-    """Hold the VM's file lock; raises ``VMLocked`` if another process keeps it past ``timeout``."""
+    """Hold the VM's file lock; raises ``VMLocked`` if another process keeps it past ``timeout``.
+
+    ``destroy`` removes the lock file while holding it (see ``drop_lock``); a process that was
+    waiting then holds a lock on a file no longer there, so it takes the lock again.
+    """
     files = InstanceFiles.of(name)
-    files.lock.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(files.lock), timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        files.lock.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(files.lock), timeout=max(deadline - time.monotonic(), 0))
+        try:
+            lock.acquire()
+        except Timeout as e:
+            raise VMLocked(f"VM {name!r} is busy: another vmkit command holds its lock") from e
+        if files.lock.exists():
+            break
+        lock.release()
     try:
-        with lock:
-            yield
-    except Timeout as e:
-        raise VMLocked(f"VM {name!r} is busy: another vmkit command holds its lock") from e
+        yield
+    finally:
+        lock.release()
+
+
+def drop_lock(name: str) -> None:
+    """Remove the VM's lock file; call it holding the lock, as the last step of destroy."""
+    with contextlib.suppress(FileNotFoundError):
+        InstanceFiles.of(name).lock.unlink()
 
 
 def exists(name: str) -> bool:

@@ -10,9 +10,10 @@ vm.forward(8888)            # 127.0.0.1:8888 on the host reaches port 8888 in th
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -20,6 +21,8 @@ import attrs
 
 from vmkit import state
 from vmkit.errors import (
+    BootTimeout,
+    ConsoleSilent,
     ForwardExists,
     ForwardNotFound,
     GuestError,
@@ -34,12 +37,14 @@ from vmkit.errors import (
     VmkitError,
     VMNotFound,
     VMNotRunning,
+    VMUnreachable,
 )
-from vmkit.guest import keys
+from vmkit.guest import console, keys
 from vmkit.guest.pathmap import guest_path
 from vmkit.guest.ready import Probe, wait_for
 from vmkit.guest.ssh import SSHSession
 from vmkit.home import check_name
+from vmkit.host import accel as accel_mod
 from vmkit.host import procs
 from vmkit.host.netutil import check_port_number, read_banner, require_free
 from vmkit.host.runner import Result
@@ -51,12 +56,24 @@ from vmkit.state import ForwardSpec, ShareSpec, SSHEndpoint, VMRecord
 if TYPE_CHECKING:
     import docker
 
+    from vmkit.host.fallback import Plan
     from vmkit.mechanisms.base import ForwardMechanism, ShareMechanism
 
 M = TypeVar("M", bound=Any)
 
 DEFAULT_NAME = "default"
 GUEST_USER = "vmkit"
+
+#: Notices a user should see (a fallback taken, an accelerator that failed); the CLI shows
+#: them as warnings, other tools route them as they like.
+log = logging.getLogger("vmkit")
+
+#: How long a booting kernel may keep its banner off the console before the boot counts as
+#: failed. With a hardware accelerator it comes within a second, so silence means the
+#: accelerator cannot run the kernel. Under TCG it takes ~5 s on a quiet host (decompressing
+#: the kernel), much longer on a loaded one, and there is no fallback left: be generous.
+WATCHDOG_HW = accel_mod.PROOF_TIMEOUT
+WATCHDOG_TCG = 120.0
 
 
 class VM:
@@ -91,7 +108,15 @@ class VM:
         """The real state, from the hypervisor."""
         if not self.record.provider:
             return Status(VMState.BROKEN, "creation did not finish", ("no VM record",))
-        return self.provider.status(self.record)
+        st = self.provider.status(self.record)
+        if st.state is VMState.STARTING and self._was_ready(st):
+            return attrs.evolve(st, detail="unreachable: SSH answered since boot, and not now")
+        return st
+
+    def _was_ready(self, st: Status) -> bool:
+        """This boot of the VM (the same process) answered SSH before."""
+        ready = self.record.extra.get("ready_pid")
+        return st.pid is not None and ready == st.pid
 
     def is_running(self) -> bool:
         return self.status().state in (VMState.RUNNING, VMState.STARTING)
@@ -103,7 +128,16 @@ class VM:
         self.require_running()
 
     def require_running(self) -> None:
+        """Return once the VM answers SSH: wait if it is booting, fail at once otherwise."""
         st = self.status()
+        if st.state is VMState.STARTING and self._was_ready(st):
+            last = console.read(self.record.files.serial_log).last
+            raise VMUnreachable(
+                f"VM {self.name!r} was up, but its SSH does not answer now"
+                + (f"; last console line: {last!r}" if last else ""),
+                hint=f"restart it with `vmkit stop --force {self.name}` and `vmkit start "
+                f"{self.name}`; its console log is {self.record.files.serial_log}",
+            )
         if st.state is VMState.STARTING:
             self.wait_ready(docker=False)
         elif st.state is not VMState.RUNNING:
@@ -113,41 +147,119 @@ class VM:
 
     def start(
         self, *, progress: Progress = no_progress, wait: bool = True, timeout: float = 300
-    ) -> None:
-        """Boot the VM (no-op if it runs), wait until SSH and dockerd answer, re-apply shares and forwards."""
+    ) -> list[str]:
+        """Boot the VM (no-op if it runs), wait until SSH and dockerd answer, re-apply shares and forwards.
+
+        Returns one line per share or forward that did not come back. A boot that fails stops
+        what it started, so nothing is left running. With the accelerator left to ``auto``, a
+        hardware accelerator under which the kernel stays silent is recorded as not working
+        here, and the VM boots once more with software emulation.
+        """
+        for attempt in (1, 2):
+            booted = self._boot(progress)
+            if not wait:
+                return []
+            try:
+                self.wait_ready(progress=progress, timeout=timeout)
+                break
+            except ConsoleSilent as e:
+                if booted:
+                    self._abort_boot()
+                if not booted or attempt == 2 or not self._after_silence(e):
+                    raise
+            except BaseException:
+                if booted:
+                    self._abort_boot()
+                raise
+        return self.reapply(progress=progress)
+
+    def _boot(self, progress: Progress) -> bool:
+        """Start the VM unless it runs; True if this call started it."""
         with state.locked(self.name):
             self.reload()
-            if not self.is_running():
-                self._close_ssh()
-                self.provider.start(self.record, progress)
-                state.save(self.record)
-        if wait:
-            self.wait_ready(progress=progress, timeout=timeout)
-            self.reapply(progress=progress)
+            if self.is_running():
+                return False
+            self._close_ssh()
+            if self.provider.capabilities.accelerators:
+                self.record.extra["accel"] = self._choose_accel()
+            self.record.extra.pop("ready_pid", None)
+            self.provider.start(self.record, progress)
+            state.save(self.record)
+        return True
+
+    def _choose_accel(self) -> str:
+        """The accelerator for this boot: as asked, or under ``auto`` the best proven one."""
+        from vmkit.host.fallback import choose
+        from vmkit.host.virt import detect, notice
+
+        request = str(self.record.extra.get("accel_request", "auto"))
+        if request == "tcg":
+            return "tcg"
+        hav = detect(kernel=Path(str(self.record.extra["kernel"])))
+        chosen = choose("qemu", hav, None, request).accel
+        if chosen == "tcg" and self.record.extra.get("accel") != "tcg":
+            log.warning(notice(hav))
+        return chosen
+
+    def _after_silence(self, e: ConsoleSilent) -> bool:
+        """Record that the accelerator did not run the kernel; True to boot again with TCG."""
+        used = str(self.record.extra.get("accel", "tcg"))
+        if used == "tcg":
+            return False
+        accel_mod.record(
+            used,
+            Path(str(self.record.extra["kernel"])),
+            binary=accel_mod.QEMU_BINARY,
+            ok=False,
+            detail=e.message,
+        )
+        if self.record.extra.get("accel_request", "auto") != "auto":
+            return False
+        log.warning(f"{e.message}; booting again with software emulation (TCG)")
+        return True
+
+    def _abort_boot(self) -> None:
+        """Stop a boot that failed, with every helper it started; the VM ends up stopped."""
+        with state.locked(self.name):
+            self._close_ssh()
+            self.provider.stop(self.record, timeout=0, force=True)
+            _kill_helpers(self.record)
 
     def wait_ready(
         self, *, progress: Progress = no_progress, timeout: float = 300, docker: bool = True
     ) -> dict[str, float]:
-        """Wait through the boot probes (process → SSH banner → login → dockerd)."""
-        probes = self._probes(docker=docker)
-        return wait_for(probes, timeout=timeout, progress=progress)
+        """Wait through the boot probes (kernel → process → SSH banner → login → dockerd)."""
+        reached = wait_for(self._probes(docker=docker), timeout=timeout, progress=progress)
+        with state.locked(self.name):
+            self.reload()
+            pid = self.status().pid
+            if pid is not None and self.record.extra.get("ready_pid") != pid:
+                self.record.extra["ready_pid"] = pid
+                state.save(self.record)
+        return reached
 
     def _probes(self, *, docker: bool) -> list[Probe]:
         ep = self._endpoint()
-        files = self.record.files
+        log_path = self.record.files.serial_log
 
         def process() -> bool:
             st = self.status()
             if st.state in (VMState.STOPPED, VMState.BROKEN):
-                tail = _tail(files.serial_log, 5)
+                tail = _tail(log_path, 5)
                 raise VMNotRunning(
                     f"VM {self.name!r} stopped while booting ({st.detail or st.state.value})",
-                    hint=f"see {files.serial_log}" + (f"; last lines: {tail}" if tail else ""),
+                    hint=f"see {log_path}" + (f"; last lines: {tail}" if tail else ""),
                 )
             return True
 
+        def kernel() -> bool:
+            process()
+            return console.kernel_started(log_path)
+
         def banner() -> bool:
             process()
+            if console.read(log_path).stopped:  # a panicked kernel will not get any further
+                raise stuck(console.WAITING_FOR_SSH)(0)
             return read_banner(ep.host, ep.port, timeout=3) is not None
 
         def login() -> bool:
@@ -163,18 +275,31 @@ class VM:
                 ["docker", "info", "--format", "{{.ServerVersion}}"], check=False, timeout=30
             ).ok
 
-        probes = [
-            Probe("the VM process", process, f"see the console log {files.serial_log}"),
-            Probe(
-                "the SSH banner",
-                banner,
-                f"the guest did not start sshd; its console log is {files.serial_log}",
-            ),
-            Probe(
-                "SSH login",
-                login,
-                "the guest refuses vmkit's key: was the seed disk read? see the console log",
-            ),
+        def stuck(waiting_for: str) -> Callable[[float], VmkitError]:
+            return lambda seconds: BootTimeout(
+                console.diagnose(log_path, waiting_for, seconds),
+                hint=f"the console log is {log_path}",
+            )
+
+        probes = [Probe("the VM process", process, f"see the console log {log_path}")]
+        if self.provider.capabilities.console_log:
+            used = str(self.record.extra.get("accel", "tcg"))
+            limit = WATCHDOG_TCG if used == "tcg" else WATCHDOG_HW
+
+            def silent(seconds: float) -> VmkitError:
+                last = console.read(log_path).last
+                return ConsoleSilent(
+                    accel_mod.silent_detail(used, limit, last),
+                    hint="leave out --accel (auto) to fall back to software emulation; "
+                    f"the console log is {log_path}"
+                    if used != "tcg"
+                    else f"the console log is {log_path}",
+                )
+
+            probes.append(Probe("the kernel", kernel, "", limit=limit, failure=silent))
+        probes += [
+            Probe("the SSH banner", banner, "", failure=stuck(console.WAITING_FOR_SSH)),
+            Probe("SSH login", login, "", failure=stuck(console.WAITING_FOR_LOGIN)),
         ]
         # Only vmkit's own box is known to run dockerd; other machines may have none.
         if docker and self.record.box.startswith("vmkit-mini"):
@@ -182,7 +307,11 @@ class VM:
                 Probe(
                     "dockerd",
                     dockerd,
-                    f"`vmkit ssh {self.name} -- sudo systemctl status docker` tells why",
+                    "",
+                    failure=lambda seconds: BootTimeout(
+                        f"SSH works but dockerd did not answer after {seconds:.0f} s",
+                        hint=f"`vmkit ssh {self.name} -- sudo systemctl status docker` tells why",
+                    ),
                 )
             )
         return probes
@@ -216,6 +345,7 @@ class VM:
                 self.provider.destroy(self.record)
             _kill_helpers(self.record)
             shutil.rmtree(self.record.files.dir, ignore_errors=True)
+            state.drop_lock(self.name)
 
     def helpers(self) -> dict[str, int]:
         """Host processes serving this VM now, by pid-file name: ``agent``, ``virtiofs-TAG``, ..."""
@@ -544,42 +674,50 @@ def create(
     name: str = DEFAULT_NAME,
     *,
     box: str = "vmkit-mini",
-    arch: str = "amd64",
+    arch: str | None = None,
     cpus: int = 2,
     memory: int = 1024,
     disk: int = 8,
-    provider: str = "qemu",
+    provider: str | None = None,
     accel: str | None = None,
     progress: Progress = no_progress,
 ) -> VM:
-    """Create (not start) a VM from a box; the box is built first if it is not in the cache."""
+    """Create (not start) a VM from a box; the box is built first if it is not in the cache.
+
+    The fallback policy (``vmkit.host.fallback``) decides what is left open: ``provider``
+    (QEMU unless VirtualBox is asked for and can run the box), ``arch`` (amd64, or i386 for
+    VirtualBox's raw mode) and QEMU's accelerator (``accel``: ``auto``, the default, or one
+    named; else ``$VMKIT_ACCEL``). A fallback taken is logged to the ``vmkit`` logger. An
+    accelerator named that cannot run the box's kernel here raises ``AcceleratorFailed``
+    before anything is made.
+    """
     check_name(name)
     _check_sizes(cpus, memory, disk)
-    if arch not in ("amd64", "i386"):
+    if arch not in (None, "amd64", "i386"):
         raise InvalidInput(f"architecture {arch!r} is not amd64 or i386")
-    prov = registry.get(provider)
+    request = accel_mod.requested(accel)
+    plan = _plan(provider, arch, box, request, progress)
+    prov = registry.get(plan.provider)
     if not prov.capabilities.create:
         raise NotSupported(
-            f"vmkit cannot create machines with provider {provider!r}",
+            f"vmkit cannot create machines with provider {plan.provider!r}",
             hint="adopt an existing one with `vmkit attach`",
         )
-    if accel is None:
-        from vmkit.host.virt import detect
-
-        accel = detect().accel
     with state.locked(name):
         files = state.new_folder(name)
+        record = VMRecord(
+            name=name,
+            provider=plan.provider,
+            box=box,
+            arch=plan.arch,
+            cpus=cpus,
+            memory=memory,
+            disk=disk,
+            # Until the provider is done, the record says so: a crash in between shows as
+            # broken, and destroy (which reads the provider from here) cleans it up.
+            extra={"accel_request": request, "incomplete": True},
+        )
         try:
-            record = VMRecord(
-                name=name,
-                provider=provider,
-                box=box,
-                arch=arch,
-                cpus=cpus,
-                memory=memory,
-                disk=disk,
-                extra={"accel": accel},
-            )
             progress("making the VM's SSH identity (client key, guest host key, seed disk)")
             keys.generate(files.client_key, f"vmkit@{name}")
             host_pub = keys.generate(files.host_key, f"root@vmkit-{name}")
@@ -598,12 +736,54 @@ def create(
                 key_file=str(files.client_key),
                 host_key=keys.key_type_and_blob(host_pub),
             )
+            state.save(record)
             prov.create(record, progress)
+            record.extra.pop("incomplete")
             state.save(record)
         except BaseException:
+            # Whatever the provider made outside the folder (a registered VirtualBox VM) goes too.
+            with contextlib.suppress(VmkitError):
+                prov.destroy(record)
             shutil.rmtree(files.dir, ignore_errors=True)
+            state.drop_lock(name)
             raise
     return VM(record)
+
+
+def _plan(
+    provider: str | None, arch: str | None, box: str, request: str, progress: Progress
+) -> Plan:
+    """Provider, arch and accelerator for a new VM, with the fallbacks logged."""
+    from vmkit.host.fallback import choose
+    from vmkit.host.virt import detect
+
+    asked = provider or "qemu"
+    vbox = _vbox_version() if asked == "virtualbox" else None
+    plan = choose(asked, detect(), vbox)
+    if (plan.provider, plan.arch) != (asked, arch or plan.arch):
+        log.warning(plan.reason)
+    if plan.provider == "qemu":
+        plan = attrs.evolve(plan, arch=arch or plan.arch)
+        if request not in ("auto", "tcg"):
+            # A named hardware accelerator is proven now, on the box's kernel, so a VM that
+            # cannot boot is never made.
+            from vmkit import boxes
+
+            kernel = boxes.ensure(box, plan.arch, progress=progress).kernel
+            progress(f"checking that {accel_mod.display(request)} boots the box's kernel")
+            plan = choose("qemu", detect(kernel=kernel), None, request)
+            plan = attrs.evolve(plan, arch=arch or plan.arch)
+    return plan
+
+
+def _vbox_version() -> tuple[int, int, int] | None:
+    from vmkit.errors import ToolMissing
+    from vmkit.providers.virtualbox import discover
+
+    try:
+        return discover.version()
+    except ToolMissing:
+        return None
 
 
 def attach(

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from vmkit import boxes
 from vmkit.cli.render import console, progress_printer
+from vmkit.errors import VmkitError
 
 # What doctor checks for, and the Debian package that provides it.
 _TOOLS = [
@@ -35,19 +36,37 @@ def register(group: click.Group) -> None:
 
 
 @click.command()
-def doctor() -> None:
-    """Check this host: hardware virtualization, the fallback vmkit will use, and tools."""
+@click.option(
+    "--recheck",
+    is_flag=True,
+    help="Boot the box's kernel again instead of using the cached verdict.",
+)
+def doctor(recheck: bool) -> None:
+    """Check this host: hardware virtualization, the accelerator and fallback vmkit will use, tools."""
+    from vmkit.host import accel
     from vmkit.host.fallback import choose
     from vmkit.host.virt import detect, explain
 
-    hav = detect()
+    kernel = None
+    try:
+        kernel = boxes.find().kernel
+    except VmkitError:
+        console.print(
+            "(the vmkit-mini box is not built yet, so no accelerator was proven by booting it; "
+            "`vmkit box build` first, or `vmkit up`, which proves it)",
+            markup=False,
+        )
+    if recheck:
+        accel.forget()
+    hav = detect(kernel=kernel, recheck=recheck)
     console.print(explain(hav), markup=False, soft_wrap=True)
-    plan = choose("qemu", hav, None)
-    console.print(
-        f"\nvmkit up will use: {plan.provider} ({plan.accel}), {plan.box} {plan.arch}. {plan.reason}",
-        markup=False,
-        soft_wrap=True,
-    )
+    request = accel.requested()
+    try:
+        plan = choose("qemu", hav, None, request)
+        picks = f"{plan.provider} ({accel.display(plan.accel)}), {plan.box} amd64. {plan.reason}"
+    except VmkitError as e:
+        picks = f"nothing: --accel {request} (from ${accel.ENV}) fails: {e}"
+    console.print(f"\nvmkit up will use: {picks}", markup=False, soft_wrap=True)
     vbox = _vbox_plan(hav)
     if vbox:
         console.print(vbox, markup=False, soft_wrap=True)

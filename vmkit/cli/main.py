@@ -12,7 +12,7 @@ import traceback
 
 import click
 
-from vmkit.cli.render import err_console
+from vmkit.cli.render import err_console, show_notices
 from vmkit.errors import VmkitError
 
 # Each module defines ``register(group)``; adding a topic is one line here.
@@ -40,6 +40,7 @@ for _name in COMMAND_MODULES:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and ``python -m vmkit``."""
+    show_notices()
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         # Without standalone mode click returns ctx.exit()'s code instead of exiting.

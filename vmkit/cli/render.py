@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from rich.console import Console
@@ -38,3 +39,16 @@ def progress_printer() -> Progress:
         )
 
     return show
+
+
+class _NoticeHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        console.print(f"[yellow]![/] {record.getMessage()}", markup=True, soft_wrap=True)
+
+
+def show_notices() -> None:
+    """Show the library's notices (the ``vmkit`` logger, warnings and up) as "!" lines."""
+    logger = logging.getLogger("vmkit")
+    if not any(isinstance(h, _NoticeHandler) for h in logger.handlers):
+        logger.addHandler(_NoticeHandler(logging.WARNING))
+        logger.propagate = False

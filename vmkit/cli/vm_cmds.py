@@ -10,10 +10,9 @@ from rich.table import Table
 
 import vmkit.vm as api
 from vmkit import state
-from vmkit.cli.render import console, progress_printer, state_text
+from vmkit.cli.render import console, err_console, progress_printer, state_text
 from vmkit.home import check_name
 from vmkit.host.runner import which
-from vmkit.progress import Progress
 
 
 def register(group: click.Group) -> None:
@@ -27,80 +26,98 @@ def _create_options(f: click.decorators.FC) -> click.decorators.FC:
         "--box", default="vmkit-mini", show_default=True, help="Box to make the VM from."
     )(f)
     f = click.option(
-        "--arch", type=click.Choice(["amd64", "i386"]), default="amd64", show_default=True
+        "--arch",
+        type=click.Choice(["amd64", "i386"]),
+        default=None,
+        help="Guest architecture [default: amd64; i386 where only VirtualBox's raw mode works].",
     )(f)
     f = click.option("--cpus", type=int, default=2, show_default=True)(f)
     f = click.option("--memory", type=int, default=1024, show_default=True, help="MiB of RAM.")(f)
     f = click.option("--disk", type=int, default=8, show_default=True, help="GiB of disk.")(f)
-    f = click.option("--provider", default="qemu", show_default=True, help="qemu or virtualbox.")(f)
+    f = click.option("--provider", default=None, help="qemu or virtualbox [default: qemu].")(f)
+    f = click.option(
+        "--accel",
+        default=None,
+        metavar="auto|kvm|hvf|whpx|tcg",
+        help="QEMU's accelerator [default: $VMKIT_ACCEL, else auto: hardware if it proves to "
+        "boot the box's kernel, else software emulation].",
+    )(f)
     return f
 
 
 @click.command()
 @click.argument("name", default=api.DEFAULT_NAME)
 @_create_options
-def up(name: str, box: str, arch: str, cpus: int, memory: int, disk: int, provider: str) -> None:
+def up(
+    name: str,
+    box: str,
+    arch: str | None,
+    cpus: int,
+    memory: int,
+    disk: int,
+    provider: str | None,
+    accel: str | None,
+) -> None:
     """Create NAME if needed, start it, and wait until SSH and Docker answer."""
     show = progress_printer()
     if not state.exists(check_name(name)):
-        vm = _create(name, box, arch, cpus, memory, disk, provider, show)
+        vm = api.create(
+            name,
+            box=box,
+            arch=arch,
+            cpus=cpus,
+            memory=memory,
+            disk=disk,
+            provider=provider,
+            accel=accel,
+            progress=show,
+        )
     else:
         vm = api.get(name)
-    vm.start(progress=show)
+    problems = vm.start(progress=show)
     ep = vm.record.ssh
     assert ep is not None
     console.print(f"[green]✓[/] VM [bold]{name}[/] is running; SSH on 127.0.0.1:{ep.port}")
-    console.print(f"  shell:   python -m vmkit ssh {name}")
-    console.print(f"  share:   python -m vmkit share PATH --vm {name}")
-    console.print(f"  forward: python -m vmkit forward PORT --vm {name}")
+    console.print(f"  shell:   vmkit ssh {name}")
+    console.print(f"  share:   vmkit share PATH --vm {name}")
+    console.print(f"  forward: vmkit forward PORT --vm {name}")
+    _report_problems(problems)
 
 
-def _create(
-    name: str, box: str, arch: str, cpus: int, memory: int, disk: int, provider: str, show: Progress
-) -> api.VM:
-    from vmkit.host.fallback import choose
-    from vmkit.host.virt import detect, notice
-
-    hav = detect()
-    plan = choose(provider, hav, _vbox_version() if provider == "virtualbox" else None)
-    if not hav.usable and plan.provider == "qemu":
-        console.print(f"[yellow]![/] {notice(hav)}", soft_wrap=True)
-    if (plan.provider, plan.arch) != (provider, arch):
-        console.print(f"[yellow]![/] {plan.reason}", soft_wrap=True)
-    return api.create(
-        name,
-        box=box,
-        arch=plan.arch,
-        cpus=cpus,
-        memory=memory,
-        disk=disk,
-        provider=plan.provider,
-        accel=plan.accel if plan.provider == "qemu" else None,
-        progress=show,
-    )
-
-
-def _vbox_version() -> tuple[int, int, int] | None:
-    from vmkit.errors import ToolMissing
-    from vmkit.providers.virtualbox import discover
-
-    try:
-        return discover.version()
-    except ToolMissing:
-        return None
+def _report_problems(problems: list[str]) -> None:
+    """Shares/forwards that did not come back: said, and the exit code says it too."""
+    for line in problems:
+        err_console.print(f"[yellow]![/] did not come back: {line}", soft_wrap=True)
+    if problems:
+        raise SystemExit(1)
 
 
 @click.command()
 @click.argument("name")
 @_create_options
 def create(
-    name: str, box: str, arch: str, cpus: int, memory: int, disk: int, provider: str
+    name: str,
+    box: str,
+    arch: str | None,
+    cpus: int,
+    memory: int,
+    disk: int,
+    provider: str | None,
+    accel: str | None,
 ) -> None:
     """Create VM NAME from a box (building the box first if needed); does not start it."""
-    _create(name, box, arch, cpus, memory, disk, provider, progress_printer())
-    console.print(
-        f"[green]✓[/] created VM [bold]{name}[/]; start it with `python -m vmkit start {name}`"
+    api.create(
+        name,
+        box=box,
+        arch=arch,
+        cpus=cpus,
+        memory=memory,
+        disk=disk,
+        provider=provider,
+        accel=accel,
+        progress=progress_printer(),
     )
+    console.print(f"[green]✓[/] created VM [bold]{name}[/]; start it with `vmkit start {name}`")
 
 
 @click.command()
@@ -108,8 +125,9 @@ def create(
 def start(name: str) -> None:
     """Start VM NAME and wait until SSH and Docker answer."""
     vm = api.get(name)
-    vm.start(progress=progress_printer())
+    problems = vm.start(progress=progress_printer())
     console.print(f"[green]✓[/] VM [bold]{name}[/] is running")
+    _report_problems(problems)
 
 
 @click.command()

@@ -14,11 +14,18 @@ from vmkit.progress import Progress
 
 @attrs.frozen
 class Probe:
-    """One readiness step. ``check`` returns True when ready, False to wait, or raises if hopeless."""
+    """One readiness step. ``check`` returns True when ready, False to wait, or raises if hopeless.
+
+    ``limit`` bounds this step alone (seconds from when it starts), inside the overall timeout;
+    ``failure`` makes the error raised when the step runs out of time, from the seconds since
+    the wait began (default: ``BootTimeout`` with ``hint``).
+    """
 
     name: str
     check: Callable[[], bool]
     hint: str
+    limit: float | None = None
+    failure: Callable[[float], VmkitError] | None = None
 
 
 def wait_for(probes: Sequence[Probe], *, timeout: float, progress: Progress) -> dict[str, float]:
@@ -32,6 +39,8 @@ def wait_for(probes: Sequence[Probe], *, timeout: float, progress: Progress) -> 
     for probe in probes:
         progress(f"waiting for {probe.name}")
         left = max(deadline - time.monotonic(), 0.1)
+        if probe.limit is not None:
+            left = min(left, probe.limit)
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_delay(left),
             wait=tenacity.wait_exponential(multiplier=0.1, max=1.0),
@@ -41,8 +50,11 @@ def wait_for(probes: Sequence[Probe], *, timeout: float, progress: Progress) -> 
         try:
             retrying(_attempt, probe)
         except tenacity.RetryError as e:
+            elapsed = time.monotonic() - started
+            if probe.failure is not None:
+                raise probe.failure(elapsed) from e
             raise BootTimeout(
-                f"{probe.name} not ready after {time.monotonic() - started:.0f} s", hint=probe.hint
+                f"{probe.name} not ready after {elapsed:.0f} s", hint=probe.hint
             ) from e
         reached[probe.name] = time.monotonic() - started
     return reached

@@ -16,6 +16,10 @@ any                       virtualbox,     ``ToolMissing``
                           not installed
 ========================  ==============  ===================================================
 
+An accelerator asked for by name (``--accel``/``$VMKIT_ACCEL``) is honoured for QEMU: ``tcg``
+always; ``kvm``/``hvf``/``whpx`` only where detection proved it (else ``AcceleratorFailed``
+with what detection found), never replaced by another.
+
 ``vmkit doctor`` prints ``Plan.reason``; the table is in docs/hardware-virtualization.md too.
 """
 
@@ -25,8 +29,9 @@ import re
 
 import attrs
 
-from vmkit.errors import InvalidInput, ToolMissing
-from vmkit.host.virt import HAVReport
+from vmkit.errors import AcceleratorFailed, InvalidInput, ToolMissing
+from vmkit.host.accel import display
+from vmkit.host.virt import BOOT_PROOF, HAVReport
 
 PROVIDERS = ("qemu", "virtualbox")
 BOX = "vmkit-mini"
@@ -83,12 +88,17 @@ def _show(version: tuple[int, int, int]) -> str:
 
 
 def choose(
-    requested: str | None, hav: HAVReport, vbox_version: tuple[int, int, int] | None
+    requested: str | None,
+    hav: HAVReport,
+    vbox_version: tuple[int, int, int] | None,
+    accel: str = "auto",
 ) -> Plan:
     """The plan for a new VM, given the provider asked for (``None``: the default, QEMU).
 
-    Raises ``InvalidInput`` for a provider this policy does not cover and ``ToolMissing`` when
-    VirtualBox is asked for but not installed (``vbox_version`` is ``None``).
+    ``accel`` is QEMU's accelerator as asked for (see ``vmkit.host.accel.requested``).
+    Raises ``InvalidInput`` for a provider this policy does not cover, ``ToolMissing`` when
+    VirtualBox is asked for but not installed (``vbox_version`` is ``None``), and
+    ``AcceleratorFailed`` for a hardware accelerator asked for by name that does not work.
     """
     provider = requested or "qemu"
     if provider not in PROVIDERS:
@@ -103,8 +113,36 @@ def choose(
                 hint="install VirtualBox (virtualbox.org), or leave out --provider to use "
                 "the default QEMU provider",
             )
-        return _virtualbox(hav, vbox_version)
-    return _qemu(hav)
+        plan = _virtualbox(hav, vbox_version)
+    else:
+        plan = _qemu(hav)
+    if plan.provider != "qemu" or accel == "auto":
+        return plan
+    return _honour(plan, hav, accel)
+
+
+def _honour(plan: Plan, hav: HAVReport, accel: str) -> Plan:
+    """``plan`` with the accelerator the user named, or why that one cannot be used."""
+    if accel == "tcg":
+        return attrs.evolve(
+            plan, accel="tcg", reason="QEMU runs the box in software emulation (TCG), as asked."
+        )
+    if hav.usable and hav.accel == accel:
+        return attrs.evolve(
+            plan, accel=accel, reason=f"QEMU runs the box with {display(accel)}, as asked."
+        )
+    failed = [c for c in hav.checks if c.ok is False]
+    proof = hav.check(BOOT_PROOF)
+    why = (
+        proof.detail
+        if proof is not None and proof.ok is False
+        else "; ".join(f"{c.name}: {c.detail}" for c in failed)
+    )
+    raise AcceleratorFailed(
+        f"{display(accel)} cannot run VMs here" + (f": {why}" if why else ""),
+        hint="leave out --accel (or use --accel auto) to fall back to software emulation; "
+        "`vmkit doctor` explains what was found",
+    )
 
 
 def _qemu(hav: HAVReport) -> Plan:

@@ -6,10 +6,14 @@ every call, output captured, and per-tool tables of known error texts mapped to 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import selectors
 import shutil
+import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -191,3 +195,65 @@ def pipe_out(argv: Sequence[str | os.PathLike[str]], *, stdin: int) -> subproces
         return subprocess.Popen(args, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except FileNotFoundError as e:
         raise ToolMissing(args[0], package=PACKAGES.get(Path(args[0]).name)) from e
+
+
+@attrs.frozen
+class Watched:
+    """What ``watch`` saw of a program's output."""
+
+    matched: bool  # ``until`` appeared before the program exited or time ran out
+    output: bytes  # what it printed up to then (at most the last 64 KiB)
+    seconds: float  # from start to the match (or to the end of the wait)
+    exit_code: int | None  # None when vmkit ended the program
+    stderr: str
+
+
+_WATCH_KEEP = 64 * 1024
+
+
+def watch(
+    argv: Sequence[str | os.PathLike[str]], *, until: re.Pattern[bytes], timeout: float
+) -> Watched:
+    """Start a program, read its stdout until ``until`` matches or ``timeout`` runs out, end it.
+
+    For programs that never finish by themselves (a VM booting a kernel): the answer is
+    whether, and how soon, they print something. The program runs in its own process group,
+    killed as a whole when the wait is over.
+    """
+    args = _check_argv(argv)  # type: ignore[arg-type]
+    started = time.monotonic()
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                start_new_session=True,
+            )
+        except FileNotFoundError as e:
+            raise ToolMissing(args[0], package=PACKAGES.get(Path(args[0]).name)) from e
+        assert proc.stdout is not None
+        output = b""
+        matched = False
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            while not matched:
+                left = started + timeout - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    break
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                if not chunk:  # EOF: the program exited
+                    break
+                output = (output + chunk)[-_WATCH_KEEP:]
+                matched = until.search(output) is not None
+        seconds = time.monotonic() - started
+        exit_code = proc.poll()
+        if exit_code is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+    return Watched(matched, output, seconds, exit_code, stderr)

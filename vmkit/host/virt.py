@@ -5,7 +5,10 @@ can have ``/dev/kvm`` while KVM fails as soon as QEMU sets up a virtual CPU
 ("failed to set MSR 0x10a to 0x69"). On Linux, macOS and Windows hosts with QEMU installed the
 deciding check is a short QEMU start with the accelerator and CPU model a real boot would use
 (``-cpu host``: QEMU's default ``qemu64`` model passes that start on such a VM, and then a
-Linux guest hangs without printing a line). Nothing is cached: every call looks again.
+Linux guest hangs without printing a line). A vCPU that starts is still no proof (a paravirtual
+KVM, ``kvm_pvm``, starts one and never runs a stock kernel): given the box's kernel, ``detect``
+boots it with the accelerator (``vmkit.host.accel.prove``, whose verdict is cached); without one,
+KVM on a CPU that shows no VT-x/AMD-V flag counts as not proven, so not usable.
 
 ``detect()`` gathers the findings into a ``HAVReport``; ``explain()`` turns one into plain
 words for ``vmkit doctor`` and ``notice()`` into the one line ``vmkit up`` prints.
@@ -25,6 +28,7 @@ import attrs
 
 from vmkit.errors import CommandTimeout, ToolError, ToolMissing
 from vmkit.host import runner as _runner
+from vmkit.host.accel import QEMU_BINARY, prove
 from vmkit.host.runner import Result
 
 #: A probe start takes 0.03-0.06 s here (QEMU 7.2); the timeout only guards against a hang.
@@ -45,6 +49,7 @@ HV_SUPPORT = "Hypervisor.framework"
 FIRMWARE = "enabled in firmware (BIOS/UEFI)"
 HYPERVISOR = "Hyper-V or another hypervisor running"
 WINDOWS_FACTS = "Windows virtualization report"
+BOOT_PROOF = "boots the box's kernel"
 
 
 def probe_name(accel: str) -> str:
@@ -120,28 +125,61 @@ def detect(
     machine: str | None = None,
     runner: RunFn = _runner.run,
     linux: LinuxPaths | None = None,
+    kernel: Path | None = None,
+    recheck: bool = False,
 ) -> HAVReport:
     """Find out whether hardware virtualization is usable on this host, by probing.
 
     ``system`` ("Linux", "Darwin", "Windows") and ``machine`` ("x86_64", "arm64", ...) default
     to this host's; ``runner`` runs the programs consulted (QEMU, sysctl, PowerShell,
-    systeminfo). Never raises for what it finds: a missing tool becomes a check with
-    ``ok=None``.
+    systeminfo). With ``kernel`` (the box's), a hardware accelerator that passes the probe is
+    proven by booting that kernel (cached; ``recheck`` boots again). Never raises for what it
+    finds: a missing tool becomes a check with ``ok=None``.
     """
     system = system or platform.system()
     machine = (machine or platform.machine()).lower()
     if system == "Linux":
-        return _detect_linux(runner, linux or LinuxPaths(), machine)
-    if system == "Darwin":
-        return _detect_macos(runner, machine)
-    if system == "Windows":
-        return _detect_windows(runner, machine)
-    return HAVReport(
-        usable=False,
-        kind="none",
-        accel="tcg",
-        checks=(Check("host system", None, f"{system}: vmkit cannot check this system"),),
-        system=system,
+        report = _detect_linux(runner, linux or LinuxPaths(), machine)
+    elif system == "Darwin":
+        report = _detect_macos(runner, machine)
+    elif system == "Windows":
+        report = _detect_windows(runner, machine)
+    else:
+        return HAVReport(
+            usable=False,
+            kind="none",
+            accel="tcg",
+            checks=(Check("host system", None, f"{system}: vmkit cannot check this system"),),
+            system=system,
+        )
+    if not report.usable or report.accel == "tcg":
+        return report
+    if kernel is not None:
+        verdict = prove(report.accel, kernel, binary=QEMU_BINARY, recheck=recheck)
+        detail = verdict.detail + (" (remembered from an earlier boot)" if verdict.cached else "")
+        return _with_proof(report, Check(BOOT_PROOF, verdict.ok, detail))
+    flag = report.check(CPU_FLAG)
+    if flag is not None and flag.ok is False:
+        return _with_proof(
+            report,
+            Check(
+                BOOT_PROOF,
+                False,
+                "not proven: KVM starts a virtual CPU although the CPU shows no VT-x/AMD-V flag "
+                "(a paravirtual KVM may not run a stock kernel); vmkit boots the box's kernel "
+                "to find out at `vmkit up` (or `vmkit doctor` once the box is built)",
+            ),
+        )
+    return report
+
+
+def _with_proof(report: HAVReport, proof: Check) -> HAVReport:
+    ok = proof.ok is True
+    return attrs.evolve(
+        report,
+        usable=ok,
+        accel=report.accel if ok else "tcg",
+        checks=(*report.checks, proof),
     )
 
 
@@ -150,7 +188,7 @@ def detect(
 _QMP_QUIT = '{"execute": "qmp_capabilities"}\n{"execute": "quit"}\n'
 
 
-def probe_argv(accel: str, *, binary: str = "qemu-system-x86_64") -> list[str]:
+def probe_argv(accel: str, *, binary: str = QEMU_BINARY) -> list[str]:
     """The QEMU command line of the probe.
 
     ``-S`` stops before the first guest instruction but after QEMU has created and reset the
@@ -541,6 +579,7 @@ _SHORT = {
     HOST_CPU: "not an x86 processor",
     HV_SUPPORT: "Hypervisor.framework not supported",
     FIRMWARE: "turned off in the BIOS/UEFI",
+    BOOT_PROOF: "the accelerator could not boot the box's kernel",
 }
 
 

@@ -60,6 +60,10 @@ class Capabilities:
     forward_mechanisms: tuple[str, ...] = ()
     #: Forwards and shares may be added to a stopped VM (they take effect when it starts).
     offline_changes: bool = False
+    #: Boots with a QEMU accelerator chosen per boot (``record.extra["accel"]``).
+    accelerators: bool = False
+    #: Writes the guest's serial console to ``files.serial_log`` (read by the boot watchdog).
+    console_log: bool = False
 
 
 class Provider(Protocol):

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import attrs
 
+from vmkit import state
 from vmkit.errors import (
     HardwareVirtualizationUnavailable,
     PortInUse,
@@ -19,6 +20,7 @@ from vmkit.errors import (
     VmkitError,
 )
 from vmkit.host import procs
+from vmkit.host.accel import QEMU_BINARY
 from vmkit.host.netutil import free_port, read_banner
 from vmkit.host.runner import ErrorRule, Result, run, which
 from vmkit.progress import Progress
@@ -30,8 +32,6 @@ if TYPE_CHECKING:
     from vmkit.guest.ssh import SSHSession
     from vmkit.mechanisms.base import ForwardMechanism, ShareMechanism
     from vmkit.state import VMRecord
-
-QEMU_BINARY = "qemu-system-x86_64"
 
 
 def _hav(result: Result, m: object) -> VmkitError:
@@ -68,6 +68,8 @@ class QemuProvider:
     capabilities: ClassVar[Capabilities] = Capabilities(
         share_mechanisms=("virtiofs", "sshfs"),
         forward_mechanisms=("hostfwd", "ssh-tunnel"),
+        accelerators=True,
+        console_log=True,
     )
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -128,8 +130,13 @@ class QemuProvider:
         self._check_box(record)
         binary = which(QEMU_BINARY)
         # Another program can take the chosen port between the check and QEMU's bind; try again.
+        assert record.ssh is not None
         for attempt in range(3):
             port = free_port()
+            # Recorded before QEMU runs: a vmkit killed right after the launch must not leave
+            # a record whose port no QEMU listens on (a VM "starting" forever).
+            record.ssh = attrs.evolve(record.ssh, port=port)
+            state.save(record)
             progress(f"starting QEMU ({record.extra.get('accel', 'tcg')}), SSH on 127.0.0.1:{port}")
             try:
                 run(build_argv(binary, self._config(record, port)), timeout=60, rules=QEMU_RULES)
@@ -138,8 +145,6 @@ class QemuProvider:
                     raise
                 continue
             break
-        assert record.ssh is not None
-        record.ssh = attrs.evolve(record.ssh, port=port)
 
     def _check_box(self, record: VMRecord) -> None:
         """Refuse to boot an overlay whose base box was rebuilt: its blocks would not match."""
@@ -205,6 +210,8 @@ class QemuProvider:
             if record.ssh and read_banner(record.ssh.host, record.ssh.port, timeout=1.5):
                 return Status(VMState.RUNNING, pid=pid)
             return Status(VMState.STARTING, "booting: SSH not answering yet", pid=pid)
+        if run_state == "prelaunch":
+            return Status(VMState.STARTING, "QEMU has not started the guest's CPUs yet", pid=pid)
         if run_state in ("paused", "suspended"):
             return Status(VMState.PAUSED, run_state, pid=pid)
         if run_state == "shutdown":
