@@ -120,6 +120,7 @@ def test_create_then_destroy_leaves_no_process_and_no_folder(vm_home: Path, vm: 
     assert "stopped" in vmkit_cli("status", "t1", home=vm_home).stdout
     vmkit_cli("destroy", "t1", "-f", home=vm_home)
     assert not state.InstanceFiles.of("t1").dir.exists()
+    assert not state.InstanceFiles.of("t1").lock.exists()
 
 
 def test_ssh_on_a_stopped_vm_is_a_clear_error(vm_home: Path, vm: Any) -> None:
