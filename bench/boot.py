@@ -1,7 +1,10 @@
 """Boot → SSH-ready: `vmkit up` against a bare qemu-system boot of the same kernel and disk.
 
 Both boots go to the same point (an SSH login with the pinned host key succeeds), on the same
-box, alternating, in one run; the result is a ratio. Run: python bench/boot.py [--rounds N]
+box, alternating, in one run; the result is a ratio. The first `vmkit up` proves the
+accelerator from scratch (its verdict cache dropped), later ones use the cached verdict; the
+proof's own cost, uncached and cached, is reported against the bare boot too.
+Run: python bench/boot.py [--rounds N]
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from vmkit import boxes
 from vmkit.guest import keys
 from vmkit.guest.seed import make_seed
 from vmkit.guest.ssh import SSHSession
+from vmkit.host import accel
 from vmkit.host.netutil import free_port, read_banner
+from vmkit.host.virt import detect
 from vmkit.state import SSHEndpoint
 
 
@@ -128,15 +133,35 @@ def main() -> None:
         os.environ["VMKIT_HOME"] = str(Path(tmp) / "home")
         work = Path(tmp) / "bare"
         work.mkdir()
+        accel.forget()
+        started = time.monotonic()
+        hav = detect(kernel=box.kernel)
+        proof_uncached = time.monotonic() - started
+        started = time.monotonic()
+        detect(kernel=box.kernel)
+        proof_cached = time.monotonic() - started
+        print(
+            f"accelerator: {hav.accel} ({'proven' if hav.usable else 'TCG'}); decided in "
+            f"{proof_uncached:.2f} s uncached, {proof_cached:.2f} s cached",
+            flush=True,
+        )
+        accel.forget()
         bare, ours = [], []
         for i in range(args.rounds):
             bare.append(bare_boot(box, work))
             ours.append(vmkit_boot(f"bench{i}"))
-            print(f"round {i + 1}: bare {bare[-1]:.1f} s, vmkit {ours[-1]:.1f} s", flush=True)
-    b, v = min(bare), min(ours)
+            kind = "uncached proof" if i == 0 else "cached proof"
+            print(
+                f"round {i + 1}: bare {bare[-1]:.1f} s, vmkit {ours[-1]:.1f} s ({kind})", flush=True
+            )
+    b = min(bare)
+    first, later = ours[0], min(ours[1:] or ours)
+    print(f"boot → SSH ready, bare qemu best of {args.rounds}: {b:.1f} s")
+    print(f"  vmkit up, accelerator proven from scratch: {first:.1f} s, ratio {first / b:.2f}x")
+    print(f"  vmkit up, cached verdict: {later:.1f} s, ratio {later / b:.2f}x (goal ≤ 1.3x)")
     print(
-        f"boot → SSH ready (best of {args.rounds}): bare qemu {b:.1f} s, vmkit up {v:.1f} s, ratio {v / b:.2f}x"
-        f" (goal ≤ 1.3x)"
+        f"  the accelerator decision alone: {proof_uncached / b:.3f}x of a bare boot uncached, "
+        f"{proof_cached / b:.3f}x cached"
     )
 
 
