@@ -251,18 +251,48 @@ def test_stop_and_start_bring_shares_and_forwards_back(
     vm: Any, vm_home: Path, tmp_path: Path
 ) -> None:
     (tmp_path / "keep.txt").write_text("still here")
+    gone = tmp_path.parent / f"{tmp_path.name}-gone"
+    gone.mkdir()
     hport = free_port()
     vm.share(tmp_path)
+    vm.share(gone)
     vm.forward(hport, 22)
     vmkit_cli("stop", SESSION_VM, home=vm_home)
     assert "stopped" in vmkit_cli("status", SESSION_VM, home=vm_home).stdout
     assert not procs.find(str(vm.record.files.dir / "virtiofs-"))
-    vmkit_cli("start", SESSION_VM, home=vm_home)
+    gone.rmdir()  # a share that cannot come back: start must say so, not print a plain ✓
+    started = vmkit_cli("start", SESSION_VM, home=vm_home, check=False)
+    assert started.returncode == 1, started.stdout + started.stderr
+    assert f"did not come back: share {gone}" in started.stderr
     vm.reload()
     try:
         assert vm.run(["cat", f"{tmp_path}/keep.txt"]).stdout == "still here"
         with socket.create_connection(("127.0.0.1", hport), timeout=10) as s:
             assert s.recv(64).startswith(b"SSH-")
     finally:
+        gone.mkdir(exist_ok=True)
+        vm.unshare(gone)
         vm.unshare(tmp_path)
         vm.unforward(hport)
+
+
+def test_a_vm_whose_ssh_stops_answering_fails_fast(vm: Any, vm_home: Path, tmp_path: Path) -> None:
+    """Not booting, so not waited on: the boot timeout is minutes, this must be seconds."""
+    from vmkit.providers.qemu.qmp import QMP
+
+    port = vm.record.ssh.port
+    with QMP(vm.record.files.qmp) as q:  # SSH's only way in, gone; the VM itself runs on
+        q.hmp(f"hostfwd_remove net0 tcp:127.0.0.1:{port}")
+    try:
+        began = time.monotonic()
+        r = vmkit_cli("share", str(tmp_path), "--vm", SESSION_VM, home=vm_home, check=False)
+        took = time.monotonic() - began
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "was up, but its SSH does not answer now" in r.stderr
+        assert "vmkit stop --force" in r.stderr
+        assert took < 60, f"took {took:.0f} s"  # the 300 s boot wait would blow this
+        assert "unreachable" in vmkit_cli("status", SESSION_VM, home=vm_home).stdout
+    finally:
+        with QMP(vm.record.files.qmp) as q:
+            q.hmp(f"hostfwd_add net0 tcp:127.0.0.1:{port}-:22")
+    assert vmkit_cli("ssh", SESSION_VM, "--", "echo", "back", home=vm_home).stdout.strip() == "back"

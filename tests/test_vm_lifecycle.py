@@ -104,6 +104,40 @@ def test_kill_9_during_up_then_status_tells_the_truth_and_destroy_cleans(
     assert not procs.find(str(files.dir))
 
 
+@pytest.mark.parametrize("after", [0.4, 1.5, 4.0])
+def test_kill_9_at_any_point_of_up_then_status_is_true_and_up_converges(
+    vm_home: Path, vm: Any, after: float
+) -> None:
+    """Killed during create, at QEMU's launch or while it boots: within 5 s status says what
+    really runs, and `vmkit up` again reaches SSH."""
+    env = dict(os.environ, VMKIT_HOME=str(vm_home))
+    name = f"kill{int(after * 10)}"
+    files = state.InstanceFiles.of(name)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "vmkit", "up", name, "--memory", "512"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(after)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        began = time.monotonic()
+        out = vmkit_cli("status", name, home=vm_home, check=False).stdout
+        assert time.monotonic() - began < 5
+        qemu_alive = procs.alive(procs.read_pid(files.pid), str(files.qmp))
+        if qemu_alive:
+            assert "starting" in out or "running" in out, out
+        else:
+            assert "running" not in out and "starting" not in out, out
+        vmkit_cli("up", name, "--memory", "512", home=vm_home, timeout=600)
+        assert vmkit_cli("ssh", name, "--", "echo", "ok", home=vm_home).stdout.strip() == "ok"
+    finally:
+        vmkit_cli("destroy", name, "-f", home=vm_home, check=False)
+    assert not procs.find(str(files.dir))
+
+
 def test_crash_during_create_is_broken_and_destroy_cleans(vm_home: Path, vm: Any) -> None:
     files = state.new_folder("half")
     files.disk.write_bytes(b"")  # what a create killed before saving its record leaves

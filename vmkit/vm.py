@@ -338,14 +338,17 @@ class VM:
     def destroy(self) -> None:
         """Stop the VM and remove everything vmkit made for it."""
         with state.locked(self.name):
-            with contextlib.suppress(FileNotFoundError):
-                self.reload()
-            self._close_ssh()
-            if self.record.provider:
-                self.provider.destroy(self.record)
-            _kill_helpers(self.record)
-            shutil.rmtree(self.record.files.dir, ignore_errors=True)
-            state.drop_lock(self.name)
+            self._destroy_locked()
+
+    def _destroy_locked(self) -> None:
+        with contextlib.suppress(VMNotFound):
+            self.reload()
+        self._close_ssh()
+        if self.record.provider:
+            self.provider.destroy(self.record)
+        _kill_helpers(self.record)
+        shutil.rmtree(self.record.files.dir, ignore_errors=True)
+        state.drop_lock(self.name)
 
     def helpers(self) -> dict[str, int]:
         """Host processes serving this VM now, by pid-file name: ``agent``, ``virtiofs-TAG``, ..."""
@@ -890,14 +893,33 @@ def list_vms() -> list[VM]:
 
 
 def up(name: str = DEFAULT_NAME, *, progress: Progress = no_progress, **create_args: Any) -> VM:
-    """Create the VM if needed, then start it and wait until SSH and dockerd answer."""
-    vm = (
-        get(name)
-        if state.exists(check_name(name))
-        else create(name, progress=progress, **create_args)
-    )
-    vm.start(progress=progress)
+    """Create the VM if needed, then start it and wait until SSH and dockerd answer.
+
+    A VM whose creation was interrupted (a killed ``up``) is made again. Returns the VM;
+    shares or forwards that did not come back are logged (``VM.start`` returns them).
+    """
+    vm = created(name, progress=progress, **create_args)
+    for problem in vm.start(progress=progress):
+        log.warning(f"did not come back: {problem}")
     return vm
+
+
+def created(name: str, *, progress: Progress = no_progress, **create_args: Any) -> VM:
+    """The VM ``name``, created first if there is none (or only an interrupted create's rest)."""
+    check_name(name)
+    if state.exists(name) and _remove_if_incomplete(name):
+        log.warning(f"VM {name!r} was not fully created (an interrupted create): making it again")
+    return get(name) if state.exists(name) else create(name, progress=progress, **create_args)
+
+
+def _remove_if_incomplete(name: str) -> bool:
+    """Remove what an interrupted create left; checked under the lock, so never a create that runs."""
+    with state.locked(name):
+        vm = get(name)
+        if not vm.record.extra.get("incomplete"):
+            return False
+        vm._destroy_locked()
+        return True
 
 
 def resolve(name: str | None) -> VM:

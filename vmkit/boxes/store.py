@@ -14,6 +14,7 @@ generic builder: mmdebstrap → trim kernel modules → ``mkfs.ext4 -d`` → ``q
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -346,8 +347,27 @@ def list_boxes() -> list[Box]:
     return boxes
 
 
+def require_unused(name: str, arch: str, action: str) -> None:
+    """Refuse to ``action`` a box that QEMU VMs use: their disks are overlays on its disk."""
+    from vmkit import state
+
+    users = []
+    for vm in state.names():
+        with contextlib.suppress(VmkitError):
+            r = state.load(vm)
+            if r.provider == "qemu" and (r.box, r.arch) == (name, arch):
+                users.append(vm)
+    if users:
+        raise InvalidInput(
+            f"cannot {action} box {name} ({arch}): VM {', '.join(users)} use it as the base of "
+            "their disks",
+            hint="destroy those VMs first",
+        )
+
+
 def remove(name: str, arch: str) -> None:
-    """Delete a built box from the cache (VMs made from it keep working only if not running)."""
+    """Delete a built box from the cache; refused while QEMU VMs are made from it."""
+    require_unused(name, arch, "remove")
     folder = box_dir(name, arch)
     with _lock(folder):
         if not folder.exists():
@@ -409,6 +429,8 @@ def build(
             return find(name, arch)
         except BoxNotFound:
             pass
+    elif (folder / MANIFEST).is_file():
+        require_unused(name, arch, "rebuild")
     tools = _preflight(arch)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with _lock(folder):

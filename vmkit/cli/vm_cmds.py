@@ -9,9 +9,7 @@ import click
 from rich.table import Table
 
 import vmkit.vm as api
-from vmkit import state
 from vmkit.cli.render import console, err_console, progress_printer, state_text
-from vmkit.home import check_name
 from vmkit.host.runner import which
 
 
@@ -60,20 +58,17 @@ def up(
 ) -> None:
     """Create NAME if needed, start it, and wait until SSH and Docker answer."""
     show = progress_printer()
-    if not state.exists(check_name(name)):
-        vm = api.create(
-            name,
-            box=box,
-            arch=arch,
-            cpus=cpus,
-            memory=memory,
-            disk=disk,
-            provider=provider,
-            accel=accel,
-            progress=show,
-        )
-    else:
-        vm = api.get(name)
+    vm = api.created(
+        name,
+        box=box,
+        arch=arch,
+        cpus=cpus,
+        memory=memory,
+        disk=disk,
+        provider=provider,
+        accel=accel,
+        progress=show,
+    )
     problems = vm.start(progress=show)
     ep = vm.record.ssh
     assert ep is not None
