@@ -18,9 +18,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import fakeqemu
-
+from tests import fakeqemu
 from vmkit import boxes, state
 from vmkit.host import accel, procs
 

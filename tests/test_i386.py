@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from vmfixtures import vmkit_cli
+
+from tests.vmfixtures import vmkit_cli
 
 pytestmark = pytest.mark.vm
 
