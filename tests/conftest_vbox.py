@@ -1,7 +1,8 @@
 """The ``sim`` fixture: a fresh VBoxManage simulator per test, over the VirtualBox versions.
 
 Use it with ``pytest_plugins = ["tests.conftest_vbox"]``. ``$VMKIT_VBOXSIM`` names the
-simulator's folder (default: the team's shared copy).
+simulator's folder; by default it is the team's shared copy, ``shared/vbox`` beside the checkout
+(where CI puts it too), found from this file so no absolute path ties the tests to one machine.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import pytest
 
 from vmkit.testing.vboxsim import VBoxSim
 
-SIMULATOR = Path(os.environ.get("VMKIT_VBOXSIM", "/work/shared/vbox"))
+CHECKOUT = Path(__file__).resolve().parent.parent
+SIMULATOR = Path(os.environ.get("VMKIT_VBOXSIM", CHECKOUT.parent / "shared" / "vbox"))
 VERSIONS = ["5.2.44r139111", "6.0.24r139119", "7.0.14r161095"]
 
 
