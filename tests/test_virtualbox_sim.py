@@ -77,7 +77,7 @@ def test_lifecycle(sim: Sim, provider: VirtualBoxProvider, box_disk: Path) -> No
     provider.create(record, disk=box_disk)
     folder = str(record.files.dir)
     port = record.extra["ssh_port"]
-    disk_vdi, seed_vdi = record.files.dir / "disk.vdi", record.files.dir / "seed.vdi"
+    disk_vdi, seed_vdi = record.files.vbox_disk, record.files.vbox_seed
     assert sim.since(mark) == [
         ["createvm", "--name", "vmkit-lab", "--ostype", "Debian_64", "--register", "--basefolder", folder],
         ["modifyvm", "vmkit-lab", "--memory", "1024", "--cpus", "2", "--nic1", "nat",
@@ -139,7 +139,7 @@ def test_create_i386_odd_home_and_existing(
     provider.create(record, disk=box_disk)  # no seed file: only the disk is attached
     calls = sim.since(0)
     folder = str(record.files.dir)
-    assert ODD in folder and (record.files.dir / "disk.vdi").is_file()
+    assert ODD in folder and record.files.vbox_disk.is_file()
     assert calls[0] == [
         "createvm", "--name", "vmkit-old", "--ostype", "Debian", "--register", "--basefolder", folder,
     ]  # fmt: skip

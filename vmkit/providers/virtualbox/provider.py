@@ -185,10 +185,10 @@ class VirtualBoxProvider:
             disk = bootdisk.ensure_bootable(box, progress=progress)
         if seed is None and record.files.seed.exists():
             seed = record.files.seed
-        folder = record.files.dir
+        files = record.files
         progress("converting the box disk for VirtualBox (qemu-img → VDI)")
-        disk_vdi = _to_vdi(disk, folder / "disk.vdi", min_size=record.disk * 1024**3)
-        seed_vdi = _to_vdi(seed, folder / "seed.vdi") if seed is not None else None
+        disk_vdi = _to_vdi(disk, files.vbox_disk, min_size=record.disk * 1024**3)
+        seed_vdi = _to_vdi(seed, files.vbox_seed) if seed is not None else None
         port = free_port()
         progress(f"registering VirtualBox VM {name!r}, SSH on 127.0.0.1:{port}")
         vbm(
@@ -199,7 +199,7 @@ class VirtualBoxProvider:
             ostype,
             "--register",
             "--basefolder",
-            str(folder),
+            str(files.dir),
         )
         try:
             vbm(
