@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vmkit import state
+from tests.conftest_vbox import new_record
 from vmkit.errors import (
     ForwardExists,
     GuestCommandFailed,
@@ -43,21 +43,6 @@ ODD = "dir with spaces 'q' \"dq\" $(touch x) ü"
 @pytest.fixture
 def provider(sim: Sim) -> VirtualBoxProvider:
     return VirtualBoxProvider(sim.vbm, poll_interval=0.01)
-
-
-@pytest.fixture
-def box_disk(tmp_path: Path) -> Path:
-    disk = tmp_path / "box disk ü.qcow2"
-    run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"])
-    return disk
-
-
-def new_record(name: str = "lab", arch: str = "amd64") -> VMRecord:
-    state.new_folder(name)
-    endpoint = SSHEndpoint("127.0.0.1", 0, "user", "/k", "ssh-ed25519 AAAA")
-    return VMRecord(
-        name=name, provider="virtualbox", arch=arch, cpus=2, memory=1024, disk=1, ssh=endpoint
-    )
 
 
 def created(

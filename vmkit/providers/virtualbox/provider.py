@@ -134,8 +134,8 @@ class VirtualBoxProvider:
 
     name: ClassVar[str] = "virtualbox"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        share_mechanisms=("vboxsf",),
-        forward_mechanisms=("natpf",),
+        share_mechanisms=("vboxsf", "sshfs"),
+        forward_mechanisms=("natpf", "ssh-tunnel"),
         offline_changes=True,
     )
 
@@ -323,18 +323,28 @@ class VirtualBoxProvider:
     def share_mechanisms(
         self, record: VMRecord, ssh: Callable[[], SSHSession]
     ) -> list[ShareMechanism]:
-        """vboxsf (VirtualBox shared folders); the caller adds SSH-based fallbacks."""
+        """vboxsf (VirtualBox shared folders), then reverse sshfs when the VM has SSH: a guest
+        without the vboxsf module (and without Guest Additions) can still share folders."""
+        from vmkit.mechanisms.sshfs import ReverseSSHFS
         from vmkit.providers.virtualbox.vboxsf import VBoxSF
 
-        return [VBoxSF(self.vbm, vbox_name(record), ssh)]
+        mechanisms: list[ShareMechanism] = [VBoxSF(self.vbm, vbox_name(record), ssh)]
+        if record.ssh is not None:
+            mechanisms.append(ReverseSSHFS(record, ssh))
+        return mechanisms
 
     def forward_mechanisms(
         self, record: VMRecord, ssh: Callable[[], SSHSession]
     ) -> list[ForwardMechanism]:
-        """natpf (VirtualBox NAT rules on NIC 1)."""
+        """natpf (VirtualBox NAT rules on NIC 1), then an SSH tunnel when the VM has SSH, used
+        when asked for by name (``vmkit forward --mechanism ssh-tunnel``)."""
+        from vmkit.mechanisms.tunnel import SSHTunnel
         from vmkit.providers.virtualbox.natpf import NatPF
 
-        return [NatPF(self.vbm, vbox_name(record))]
+        mechanisms: list[ForwardMechanism] = [NatPF(self.vbm, vbox_name(record))]
+        if record.ssh is not None:
+            mechanisms.append(SSHTunnel(record, ssh))
+        return mechanisms
 
     # -- adoption -------------------------------------------------------------------------
 
