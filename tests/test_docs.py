@@ -55,7 +55,9 @@ def test_cli_doc_matches_the_help() -> None:
 def test_readme_mentions_every_top_level_command() -> None:
     readme = (DOC.parent.parent / "README.md").read_text(encoding="utf-8")
     mentioned = {
-        n for group in re.findall(r"python -m vmkit ([a-z|]+)", readme) for n in group.split("|")
+        n
+        for group in re.findall(r"(?m)(?:^    |\$\()vmkit ([a-z|]+)", readme)
+        for n in group.split("|")
     }
     missing = {n for n in cli.commands if n not in mentioned} - {"box", "lab", "context", "image"}
     assert not missing, f"README does not show: {sorted(missing)}"

@@ -1,5 +1,6 @@
 import json
 import multiprocessing
+import re
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,28 @@ def test_locked_updates_from_many_processes_lose_nothing(vmkit_home: Path) -> No
     # and the file on disk is valid JSON with no temp files left
     json.loads(rec.files.state.read_text())
     assert not list(rec.files.dir.glob(".*.tmp"))
+
+
+def test_instance_files_are_distinct_and_documented(vmkit_home: Path) -> None:
+    files = state.InstanceFiles.of("vm1")
+    named = {
+        attr: getattr(files, attr)
+        for attr in dir(state.InstanceFiles)
+        if isinstance(getattr(state.InstanceFiles, attr), property) and attr not in ("dir", "name")
+    }
+    named |= {
+        attr: getattr(files, attr)("TAG")
+        for attr in ("virtiofs_sock", "virtiofs_pid", "virtiofs_log")
+    }
+    paths = list(named.values())
+    assert len(set(paths)) == len(paths)
+    assert all(p.parent == files.dir for a, p in named.items() if a != "lock")
+    # vm.py ends helpers by globbing *.pid in the folder; qemu.pid is the VM itself.
+    assert {p.name for p in paths if p.suffix == ".pid"} == {
+        "qemu.pid", "agent.pid", "docker-sock.pid", "virtiofs-TAG.pid",
+    }  # fmt: skip
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "architecture.md").read_text()
+    folder_section = doc.split("## A VM folder", 1)[1].split("\n## ", 1)[0]
+    quoted = re.findall(r"`([^`]+)`", folder_section)
+    documented = {q for q in quoted if re.fullmatch(r"[a-z][\w-]*(\.[a-z0-9]+)?", q)}
+    assert {p.name for a, p in named.items() if a != "lock"} == documented

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vmkit import state
+from tests.conftest_vbox import new_record
 from vmkit.errors import (
     ForwardExists,
     GuestCommandFailed,
@@ -45,21 +45,6 @@ def provider(sim: Sim) -> VirtualBoxProvider:
     return VirtualBoxProvider(sim.vbm, poll_interval=0.01)
 
 
-@pytest.fixture
-def box_disk(tmp_path: Path) -> Path:
-    disk = tmp_path / "box disk ü.qcow2"
-    run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"])
-    return disk
-
-
-def new_record(name: str = "lab", arch: str = "amd64") -> VMRecord:
-    state.new_folder(name)
-    endpoint = SSHEndpoint("127.0.0.1", 0, "user", "/k", "ssh-ed25519 AAAA")
-    return VMRecord(
-        name=name, provider="virtualbox", arch=arch, cpus=2, memory=1024, disk=1, ssh=endpoint
-    )
-
-
 def created(
     provider: VirtualBoxProvider, box_disk: Path, name: str = "lab", arch: str = "amd64"
 ) -> VMRecord:
@@ -77,7 +62,7 @@ def test_lifecycle(sim: Sim, provider: VirtualBoxProvider, box_disk: Path) -> No
     provider.create(record, disk=box_disk)
     folder = str(record.files.dir)
     port = record.extra["ssh_port"]
-    disk_vdi, seed_vdi = record.files.dir / "disk.vdi", record.files.dir / "seed.vdi"
+    disk_vdi, seed_vdi = record.files.vbox_disk, record.files.vbox_seed
     assert sim.since(mark) == [
         ["createvm", "--name", "vmkit-lab", "--ostype", "Debian_64", "--register", "--basefolder", folder],
         ["modifyvm", "vmkit-lab", "--memory", "1024", "--cpus", "2", "--nic1", "nat",
@@ -139,7 +124,7 @@ def test_create_i386_odd_home_and_existing(
     provider.create(record, disk=box_disk)  # no seed file: only the disk is attached
     calls = sim.since(0)
     folder = str(record.files.dir)
-    assert ODD in folder and (record.files.dir / "disk.vdi").is_file()
+    assert ODD in folder and record.files.vbox_disk.is_file()
     assert calls[0] == [
         "createvm", "--name", "vmkit-old", "--ostype", "Debian", "--register", "--basefolder", folder,
     ]  # fmt: skip

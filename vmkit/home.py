@@ -42,7 +42,11 @@ def check_name(name: str, what: str = "VM name") -> str:
 
 @attrs.frozen
 class InstanceFiles:
-    """The files of one VM's folder."""
+    """The files of one VM's folder, each named here and nowhere else.
+
+    Helper processes keep their pid files in the folder with a ``.pid`` suffix, so stopping
+    or destroying the VM finds and ends every one of them.
+    """
 
     dir: Path
 
@@ -107,8 +111,33 @@ class InstanceFiles:
     def agent_sock(self) -> Path:
         return self.dir / "agent.sock"
 
+    @property
+    def vbox_disk(self) -> Path:
+        """The box disk converted for VirtualBox (it cannot boot from qcow2)."""
+        return self.dir / "disk.vdi"
+
+    @property
+    def vbox_seed(self) -> Path:
+        return self.dir / "seed.vdi"
+
+    @property
+    def docker_sock(self) -> Path:
+        """The host socket serving the guest's dockerd (``DOCKER_HOST``)."""
+        return self.dir / "docker.sock"
+
+    @property
+    def docker_sock_pid(self) -> Path:
+        return self.dir / "docker-sock.pid"
+
+    @property
+    def docker_sock_log(self) -> Path:
+        return self.dir / "docker-sock.log"
+
     def virtiofs_sock(self, tag: str) -> Path:
         return self.dir / f"virtiofs-{tag}.sock"
+
+    def virtiofs_pid(self, tag: str) -> Path:
+        return self.dir / f"virtiofs-{tag}.pid"
 
     def virtiofs_log(self, tag: str) -> Path:
         return self.dir / f"virtiofs-{tag}.log"

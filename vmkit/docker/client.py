@@ -59,7 +59,6 @@ __all__ = [
     "parse_forward",
     "prepare_run",
     "run",
-    "socket_path",
 ]
 
 GUEST_SOCKET = "/run/docker.sock"
@@ -285,18 +284,9 @@ def translate(e: Exception, what: str) -> VmkitError:
 # -- a host socket for the docker CLI -----------------------------------------------------
 
 
-def socket_path(files: InstanceFiles) -> Path:
-    return files.dir / "docker.sock"
-
-
-def _pid_path(files: InstanceFiles) -> Path:
-    # In the VM folder with a .pid suffix, so stopping or destroying the VM ends it too.
-    return files.dir / "docker-sock.pid"
-
-
 def docker_host_url(vm: VM) -> str:
     """The ``DOCKER_HOST`` value for the VM (its helper socket must be running)."""
-    return "unix://" + str(socket_path(vm.record.files))
+    return "unix://" + str(vm.record.files.docker_sock)
 
 
 def _answers(path: Path) -> bool:
@@ -320,20 +310,20 @@ def ensure_socket(vm: VM, *, timeout: float = 15) -> Path:
         )
     vm.require_running()
     files = vm.record.files
-    path = socket_path(files)
+    path = files.docker_sock
     if len(os.fsencode(path)) > 100:
         raise DockerError(
             f"the socket path {path} is too long for a unix socket",
             hint="set VMKIT_HOME to a shorter folder",
         )
-    pid = procs.read_pid(_pid_path(files))
+    pid = procs.read_pid(files.docker_sock_pid)
     if procs.alive(pid, str(files.dir)) and _answers(path):
         return path
     if pid is not None:
         procs.terminate(pid, str(files.dir))
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    log = files.dir / "docker-sock.log"
+    log = files.docker_sock_log
     proc = runner.spawn(
         [sys.executable, "-m", "vmkit.docker.client", "serve", str(files.dir)], log=log
     )
@@ -404,7 +394,7 @@ def serve(folder: Path) -> None:
             return current[0]
 
     dialer().ssh.transport()  # fail now, visibly, rather than on the first client
-    path = socket_path(files)
+    path = files.docker_sock
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -414,7 +404,7 @@ def serve(folder: Path) -> None:
     finally:
         os.umask(old)
     listener.listen(64)
-    state.atomic_write(_pid_path(files), f"{os.getpid()}\n")
+    state.atomic_write(files.docker_sock_pid, f"{os.getpid()}\n")
     print(f"serving {path} (pid {os.getpid()})", file=sys.stderr, flush=True)
     while True:
         conn, _ = listener.accept()

@@ -76,7 +76,7 @@ class VirtioFS:
         files = self.record.files
         tag = share_tag(spec.target)
         sock = files.virtiofs_sock(tag)
-        pidfile = files.dir / f"virtiofs-{tag}.pid"
+        pidfile = files.virtiofs_pid(tag)
         undo: list[Callable[[], None]] = []
         try:
             with contextlib.suppress(FileNotFoundError):
@@ -156,7 +156,7 @@ class VirtioFS:
         self._device_del(tag)
         self._chardev_remove(tag)
         files = self.record.files
-        _stop_daemon(files.dir / f"virtiofs-{tag}.pid", files.virtiofs_sock(tag))
+        _stop_daemon(files.virtiofs_pid(tag), files.virtiofs_sock(tag))
 
     def active(self) -> list[ShareSpec]:
         with self._qmp() as q:

@@ -134,8 +134,8 @@ class VirtualBoxProvider:
 
     name: ClassVar[str] = "virtualbox"
     capabilities: ClassVar[Capabilities] = Capabilities(
-        share_mechanisms=("vboxsf",),
-        forward_mechanisms=("natpf",),
+        share_mechanisms=("vboxsf", "sshfs"),
+        forward_mechanisms=("natpf", "ssh-tunnel"),
         offline_changes=True,
     )
 
@@ -185,10 +185,10 @@ class VirtualBoxProvider:
             disk = bootdisk.ensure_bootable(box, progress=progress)
         if seed is None and record.files.seed.exists():
             seed = record.files.seed
-        folder = record.files.dir
+        files = record.files
         progress("converting the box disk for VirtualBox (qemu-img → VDI)")
-        disk_vdi = _to_vdi(disk, folder / "disk.vdi", min_size=record.disk * 1024**3)
-        seed_vdi = _to_vdi(seed, folder / "seed.vdi") if seed is not None else None
+        disk_vdi = _to_vdi(disk, files.vbox_disk, min_size=record.disk * 1024**3)
+        seed_vdi = _to_vdi(seed, files.vbox_seed) if seed is not None else None
         port = free_port()
         progress(f"registering VirtualBox VM {name!r}, SSH on 127.0.0.1:{port}")
         vbm(
@@ -199,7 +199,7 @@ class VirtualBoxProvider:
             ostype,
             "--register",
             "--basefolder",
-            str(folder),
+            str(files.dir),
         )
         try:
             vbm(
@@ -323,18 +323,28 @@ class VirtualBoxProvider:
     def share_mechanisms(
         self, record: VMRecord, ssh: Callable[[], SSHSession]
     ) -> list[ShareMechanism]:
-        """vboxsf (VirtualBox shared folders); the caller adds SSH-based fallbacks."""
+        """vboxsf (VirtualBox shared folders), then reverse sshfs when the VM has SSH: a guest
+        without the vboxsf module (and without Guest Additions) can still share folders."""
+        from vmkit.mechanisms.sshfs import ReverseSSHFS
         from vmkit.providers.virtualbox.vboxsf import VBoxSF
 
-        return [VBoxSF(self.vbm, vbox_name(record), ssh)]
+        mechanisms: list[ShareMechanism] = [VBoxSF(self.vbm, vbox_name(record), ssh)]
+        if record.ssh is not None:
+            mechanisms.append(ReverseSSHFS(record, ssh))
+        return mechanisms
 
     def forward_mechanisms(
         self, record: VMRecord, ssh: Callable[[], SSHSession]
     ) -> list[ForwardMechanism]:
-        """natpf (VirtualBox NAT rules on NIC 1)."""
+        """natpf (VirtualBox NAT rules on NIC 1), then an SSH tunnel when the VM has SSH, used
+        when asked for by name (``vmkit forward --mechanism ssh-tunnel``)."""
+        from vmkit.mechanisms.tunnel import SSHTunnel
         from vmkit.providers.virtualbox.natpf import NatPF
 
-        return [NatPF(self.vbm, vbox_name(record))]
+        mechanisms: list[ForwardMechanism] = [NatPF(self.vbm, vbox_name(record))]
+        if record.ssh is not None:
+            mechanisms.append(SSHTunnel(record, ssh))
+        return mechanisms
 
     # -- adoption -------------------------------------------------------------------------
 
