@@ -8,7 +8,8 @@ are caught into the most specific class below and chained with ``from``.
 
     VmkitError
     ├── InvalidInput                    bad name, port, path, size ... from the user
-    │   └── InvalidName
+    │   ├── InvalidName
+    │   └── NameAmbiguous               a name that fits several machines (name of one, UUID of another)
     ├── NotFound
     │   ├── VMNotFound
     │   ├── BoxNotFound
@@ -30,6 +31,7 @@ are caught into the most specific class below and chained with ``from``.
     │   └── CommandTimeout
     ├── ProviderError
     │   ├── HardwareVirtualizationUnavailable
+    │   ├── VMInaccessible              the hypervisor lists the VM but cannot read its settings
     │   ├── QMPError
     │   └── BootTimeout
     ├── BoxError                        building or reading a box
@@ -73,6 +75,12 @@ class InvalidInput(VmkitError):
 
 class InvalidName(InvalidInput):
     """A VM, box or student name has characters vmkit cannot use."""
+
+
+class NameAmbiguous(InvalidInput):
+    """A name given by the user fits more than one machine."""
+
+    default_hint = "name the machine by its UUID instead"
 
 
 class NotFound(VmkitError):
@@ -169,6 +177,15 @@ class ProviderError(VmkitError):
 
 class HardwareVirtualizationUnavailable(ProviderError):
     """VT-x / AMD-V is off, missing, or taken by another hypervisor."""
+
+
+class VMInaccessible(ProviderError):
+    """The hypervisor has the VM registered but cannot read its settings (moved or deleted files)."""
+
+    default_hint = (
+        "open VirtualBox to see why (a moved or deleted VM folder, an unplugged disk); "
+        "fix it there or remove the VM, then try again"
+    )
 
 
 class QMPError(ProviderError):
