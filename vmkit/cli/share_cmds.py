@@ -220,6 +220,12 @@ def _virtualbox_forwards(vm: api.VM) -> None:
                 "[red]no[/]",
             )
     console.print(table)
+    if any(v.ssh for v in views):
+        console.print(
+            "ROLE ssh: the rule vmkit reaches the guest's SSH through; "
+            "only `vmkit unforward PORT --force` removes it",
+            markup=False,
+        )
     if not views:
         console.print(f"VM {vm.name!r} has no NAT port-forwarding rules", markup=False)
 

@@ -42,17 +42,17 @@ def _plan(adopted: AdoptedVM, name: str, user: str, key_file: str) -> SSHPlan:
     port = adopted.ssh_port
     if port is None:
         why = (
-            f"VM {adopted.vbox_name!r} has no NAT rule to guest port 22, so vmkit cannot reach its "
+            f"VM '{adopted.vbox_name}' has no NAT rule to guest port 22, so vmkit cannot reach its "
             f"SSH server: add one (`vmkit forward 2222:22 --vm {name}`), then run {pending_hint(name)}"
         )
     elif not user or not key_file:
         why = (
-            f"vmkit does not know how to log into VM {adopted.vbox_name!r} (it is not a "
-            f"docker-machine VM): run {pending_hint(name)} --user USER --key PRIVATE_KEY"
+            f"vmkit does not know how to log into VM '{adopted.vbox_name}' (it is not a "
+            f"docker-machine VM): run {pending_hint(name, '--user USER --key PRIVATE_KEY')}"
         )
     elif adopted.state is not VMState.RUNNING:
         why = (
-            f"VM {adopted.vbox_name!r} is {adopted.vbox_state or 'not running'}, so its SSH host key "
+            f"VM '{adopted.vbox_name}' is {adopted.vbox_state or 'not running'}, so its SSH host key "
             f"cannot be read yet: start it, then run {pending_hint(name)}"
         )
     else:

@@ -56,9 +56,9 @@ STATES: dict[str, VMState] = {
 }
 
 
-def pending_hint(name: str) -> str:
+def pending_hint(name: str, options: str = "") -> str:
     """How to finish an attachment whose SSH part could not be done yet."""
-    return f"`vmkit attach --refresh {name}`"
+    return f"`vmkit attach --refresh {name}{' ' + options if options else ''}`"
 
 
 def vbox_name(record: VMRecord) -> str:
