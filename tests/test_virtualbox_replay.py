@@ -241,15 +241,13 @@ def test_parser_reads_the_composed_recordings() -> None:
         NatRule(1, "guest ssh", "tcp", "127.0.0.1", 2022, "", 22),
         NatRule(3, "web, mirror", "udp", "0.0.0.0", 15353, "10.0.2.15", 5353),
     )
-    # The same lines with the non-card keys moved around parse the same.
+    # Keys outside the cards' blocks may come in any order: reversed, the result is the same.
     lines = ODD_61.split("\r\n")
-    card = [ln for ln in lines if ln.split("=")[0].rstrip("0123456789") in
-            ("natnet", "macaddress", "cableconnected", "nic", "nictype", "nicspeed",
-             "hostonlyadapter", "mtu", "Forwarding(")]  # fmt: skip
-    card = [ln for ln in lines if ln in card or ln.startswith(("Forwarding(", "mtu="))]
-    rest = [ln for ln in lines if ln not in card]
-    again = parse_showvminfo("\n".join(list(reversed(rest)) + card))
-    assert again.rules == info.rules and again.name == info.name and again.uuid == info.uuid
+    first, last = lines.index('natnet1="nat"'), lines.index('nic4="none"')
+    outside = lines[:first] + lines[last + 1 :]
+    again = parse_showvminfo("\n".join([*reversed(outside), *lines[first : last + 1]]))
+    assert again.rules == info.rules and again.nics == info.nics
+    assert (again.name, again.uuid, again.state) == (info.name, info.uuid, info.state)
 
 
 def test_name_fitting_two_vms_is_refused(replay: Replay) -> None:

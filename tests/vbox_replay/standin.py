@@ -24,7 +24,9 @@ def main() -> int:
         table = json.load(f)
     for entry in table:
         pats = entry["argv"]
-        if len(pats) == len(args) and all(fnmatch.fnmatchcase(a, p) for a, p in zip(args, pats)):
+        if len(pats) == len(args) and all(
+            fnmatch.fnmatchcase(a, p) for a, p in zip(args, pats, strict=True)
+        ):
             if entry.get("stdout"):
                 with open(entry["stdout"], "rb") as out:
                     sys.stdout.buffer.write(out.read())
