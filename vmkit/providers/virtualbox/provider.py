@@ -340,8 +340,7 @@ class VirtualBoxProvider:
             def no_ssh() -> SSHSession:
                 raise SSHError(
                     f"vmkit has no SSH access to VM {record.name!r} yet, and mounting a share "
-                    "needs it",
-                    hint=f"when its SSH server answers, run {pending_hint(record.name)}",
+                    f"needs it: run {pending_hint(record.name)} once its SSH server answers"
                 )
 
             return [VBoxSF(self.vbm, vbox_name(record), no_ssh)]
