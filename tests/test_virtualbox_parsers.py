@@ -154,8 +154,10 @@ def test_version(text: str, expected: tuple[int, int, int, int]) -> None:
 def test_version_garbage_and_too_old() -> None:
     assert parse_version("VBoxManage: error: something\n") is None
     check_series((5, 2), "5.2.44")
-    with pytest.raises(ProviderError, match=r"5\.1\.38 is too old") as e:
-        check_series((5, 1), "5.1.38")
+    check_series((5, 1), "5.1.38")
+    check_series((5, 0), "5.0.40")
+    with pytest.raises(ProviderError, match=r"4\.3\.40 is too old.*5\.0 or newer") as e:
+        check_series((4, 3), "4.3.40")
     assert "upgrade" in e.value.hint
 
 

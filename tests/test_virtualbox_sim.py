@@ -537,9 +537,9 @@ def test_fake_ssh_session_guest() -> None:
 def test_too_old_virtualbox_and_missing_vboxmanage(
     sim: Sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("VBOXSIM_VERSION", "5.1.38r122592")
+    monkeypatch.setenv("VBOXSIM_VERSION", "4.3.40r117218")
     record = VMRecord(name="lab", provider="virtualbox")
-    with pytest.raises(ProviderError, match=r"VirtualBox 5\.1\.38 is too old") as e:
+    with pytest.raises(ProviderError, match=r"VirtualBox 4\.3\.40 is too old") as e:
         VirtualBoxProvider(VBoxManage(sim.vbm.path)).status(record)
     assert "upgrade" in e.value.hint
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))

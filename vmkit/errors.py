@@ -8,7 +8,8 @@ are caught into the most specific class below and chained with ``from``.
 
     VmkitError
     ├── InvalidInput                    bad name, port, path, size ... from the user
-    │   └── InvalidName
+    │   ├── InvalidName
+    │   └── NameAmbiguous               a name that fits several machines (name of one, UUID of another)
     ├── NotFound
     │   ├── VMNotFound
     │   ├── BoxNotFound
@@ -32,6 +33,7 @@ are caught into the most specific class below and chained with ``from``.
     ├── ProviderError
     │   ├── HardwareVirtualizationUnavailable
     │   │   └── AcceleratorFailed       the accelerator could not run the VM's kernel
+    │   ├── VMInaccessible              the hypervisor lists the VM but cannot read its settings
     │   ├── QMPError
     │   └── BootTimeout                 its message is read from the console log
     │       └── ConsoleSilent           the kernel never printed a line
@@ -76,6 +78,12 @@ class InvalidInput(VmkitError):
 
 class InvalidName(InvalidInput):
     """A VM, box or student name has characters vmkit cannot use."""
+
+
+class NameAmbiguous(InvalidInput):
+    """A name given by the user fits more than one machine."""
+
+    default_hint = "name the machine by its UUID instead"
 
 
 class NotFound(VmkitError):
@@ -180,6 +188,15 @@ class HardwareVirtualizationUnavailable(ProviderError):
 
 class AcceleratorFailed(HardwareVirtualizationUnavailable):
     """QEMU started with the accelerator, but the VM's kernel did not run (proven by booting)."""
+
+
+class VMInaccessible(ProviderError):
+    """The hypervisor has the VM registered but cannot read its settings (moved or deleted files)."""
+
+    default_hint = (
+        "open VirtualBox to see why (a moved or deleted VM folder, an unplugged disk); "
+        "fix it there or remove the VM, then try again"
+    )
 
 
 class QMPError(ProviderError):

@@ -26,7 +26,6 @@ from vmkit.errors import (
     ForwardExists,
     ForwardNotFound,
     GuestError,
-    HostKeyMismatch,
     InvalidInput,
     NotSupported,
     ShareExists,
@@ -821,7 +820,9 @@ def attach(
         )
         record = VMRecord(name=name, provider="ssh", ssh=endpoint, extra={"url": url})
     elif scheme == "virtualbox":
-        record = _attach_virtualbox(url, name, key=key, user=user, fingerprint=fingerprint)
+        record = _attach_virtualbox(
+            url, name, key=key, user=user, fingerprint=fingerprint, progress=progress
+        )
     elif scheme == "vagrant":
         from vmkit.providers.vagrant import attach_record
 
@@ -844,23 +845,15 @@ def _attach_virtualbox(
     key: str | os.PathLike[str] | None,
     user: str | None,
     fingerprint: str | None,
+    progress: Progress = no_progress,
 ) -> VMRecord:
-    from vmkit.providers.sshhost import fetch_host_key
-    from vmkit.providers.sshhost import fingerprint as fp
-    from vmkit.providers.virtualbox import VirtualBoxProvider
+    """Any registered VM in any state; what SSH could not do yet is in ``extra["ssh_pending"]``
+    (finish with ``vmkit attach --refresh NAME``)."""
+    from vmkit.providers.virtualbox.adopt import attach_record
 
-    adopted = VirtualBoxProvider().adopt(url.split(":", 1)[1])
-    host_key = ""
-    if adopted.ssh_port is not None and adopted.state is VMState.RUNNING:
-        host_key = fetch_host_key(adopted.ssh_host or "127.0.0.1", adopted.ssh_port)
-        if fingerprint and fp(host_key) != fingerprint:
-            raise HostKeyMismatch(
-                f"VirtualBox VM {adopted.vbox_name!r} has host key {fp(host_key)}, not {fingerprint}"
-            )
-    record = adopted.to_record(
-        name, host_key=host_key, user=user, key_file=os.fspath(key) if key else None
+    return attach_record(
+        url.split(":", 1)[1], name, key=key, user=user, fingerprint=fingerprint, progress=progress
     )
-    return record
 
 
 def open_vm(address: str) -> VM:

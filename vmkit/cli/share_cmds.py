@@ -7,7 +7,7 @@ from rich.table import Table
 
 import vmkit.vm as api
 from vmkit.cli.render import console, err_console, progress_printer
-from vmkit.errors import InvalidInput
+from vmkit.errors import ForwardNotFound, InvalidInput
 
 _VM = click.option(
     "--vm", "vm_name", metavar="NAME", help="The VM (default: the only running one)."
@@ -134,18 +134,47 @@ def forward(
 @click.argument("host_port", type=int)
 @_VM
 @click.option("--udp", is_flag=True)
-def unforward(host_port: int, vm_name: str | None, udp: bool) -> None:
-    """Stop forwarding HOST_PORT."""
+@click.option(
+    "--force", is_flag=True, help="Also remove the NAT rule a VirtualBox VM's SSH goes through."
+)
+def unforward(host_port: int, vm_name: str | None, udp: bool, force: bool) -> None:
+    """Stop forwarding HOST_PORT (on VirtualBox: any NAT rule of the VM on that port)."""
     vm = api.resolve(vm_name)
-    spec = vm.unforward(host_port, proto="udp" if udp else "tcp")
+    proto = "udp" if udp else "tcp"
+    try:
+        spec = vm.unforward(host_port, proto=proto)
+    except ForwardNotFound:
+        if vm.record.provider != "virtualbox":
+            raise
+        # A rule vmkit has no record of: made in VirtualBox or by another tool.
+        from vmkit.providers.virtualbox.natpf import NatPF
+        from vmkit.state import ForwardSpec, locked
+
+        with locked(vm.name):
+            natpf = vm.provider.forward_mechanisms(vm.reload(), vm.ssh)[0]
+            assert isinstance(natpf, NatPF)
+            removed = natpf.remove_rules(ForwardSpec(host_port, host_port, proto), force=force)
+        if not removed:
+            raise
+        names = ", ".join(repr(r.name) for r in removed)
+        console.print(f"[green]✓[/] port {host_port}/{proto} is no longer forwarded (rule {names})")
+        return
     console.print(f"[green]✓[/] port {spec.host_port}/{spec.proto} is no longer forwarded")
 
 
 @click.command()
 @_VM
 def forwards(vm_name: str | None) -> None:
-    """The VM's port forwards: desired, and whether each is really in place."""
+    """The VM's port forwards: desired, and whether each is really in place.
+
+    For VirtualBox VMs every NAT rule of every network card is listed: ROLE says which one
+    carries SSH (remove it only with `unforward --force`), which ones vmkit made, and which
+    another tool made.
+    """
     vm = api.resolve(vm_name)
+    if vm.record.provider == "virtualbox":
+        _virtualbox_forwards(vm)
+        return
     active = {f.key for f in vm.active_forwards()}
     table = Table("HOST", "GUEST PORT", "PROTO", "MECHANISM", "ACTIVE")
     for f in vm.forwards():
@@ -159,14 +188,84 @@ def forwards(vm_name: str | None) -> None:
     console.print(table)
 
 
+def _virtualbox_forwards(vm: api.VM) -> None:
+    from vmkit.providers.virtualbox.natpf import NatPF
+
+    natpf = vm.provider.forward_mechanisms(vm.record, vm.ssh)[0]
+    assert isinstance(natpf, NatPF)
+    views = natpf.rules()
+    running = vm.is_running()
+    table = Table("HOST", "GUEST PORT", "PROTO", "NIC", "RULE", "ROLE", "ACTIVE")
+    for v in views:
+        r = v.rule
+        table.add_row(
+            f"{r.host_ip or '0.0.0.0'}:{r.host_port}",
+            f"{r.guest_ip + ':' if r.guest_ip else ''}{r.guest_port}",
+            r.proto,
+            str(r.nic),
+            r.name,
+            v.role,
+            "yes" if running else "at start",
+        )
+    shown = {(v.rule.proto, v.rule.host_port) for v in views}
+    for f in vm.forwards():
+        if f.key not in shown:  # wanted, but VirtualBox has no such rule now
+            table.add_row(
+                f"{f.host_ip}:{f.host_port}",
+                str(f.guest_port),
+                f.proto,
+                "-",
+                "-",
+                "vmkit",
+                "[red]no[/]",
+            )
+    console.print(table)
+    if any(v.ssh for v in views):
+        console.print(
+            "ROLE ssh: the rule vmkit reaches the guest's SSH through; "
+            "only `vmkit unforward PORT --force` removes it",
+            markup=False,
+        )
+    if not views:
+        console.print(f"VM {vm.name!r} has no NAT port-forwarding rules", markup=False)
+
+
 @click.command()
-@click.argument("url")
-@click.option("--name", required=True, help="The name vmkit will know it by.")
-@click.option("--key", type=click.Path(dir_okay=False), help="Private key for ssh:// hosts.")
+@click.argument("url", required=False)
+@click.option("--name", help="The name vmkit will know it by (with --refresh: the VM to finish).")
+@click.option(
+    "--key",
+    type=click.Path(dir_okay=False),
+    help="Private key for ssh:// hosts and VirtualBox VMs.",
+)
 @click.option("--user", help="SSH user (virtualbox: VMs; default: docker-machine's 'docker').")
 @click.option("--fingerprint", help="Expected SHA256:... host key fingerprint.")
-def attach(url: str, name: str, key: str | None, user: str | None, fingerprint: str | None) -> None:
-    """Adopt an existing machine: ssh://user@host[:port], virtualbox:VMNAME, vagrant:PROJECT_DIR."""
+@click.option(
+    "--refresh",
+    is_flag=True,
+    help="Finish an attached VirtualBox VM's SSH part: read its host key, confirm, pin it.",
+)
+@click.option("--yes", "-y", is_flag=True, help="With --refresh: pin the key without asking.")
+def attach(
+    url: str | None,
+    name: str | None,
+    key: str | None,
+    user: str | None,
+    fingerprint: str | None,
+    refresh: bool,
+    yes: bool,
+) -> None:
+    """Adopt an existing machine: ssh://user@host[:port], virtualbox:VMNAME, vagrant:PROJECT_DIR.
+
+    A VirtualBox VM is attached in any state: NAT forwards work at once; if its SSH server
+    cannot be reached yet, one line says why, and `vmkit attach --refresh NAME` (once it
+    answers) shows the guest's host key for confirmation and pins it, so shares work.
+    """
+    if refresh:
+        _refresh(name or url, key=key, user=user, fingerprint=fingerprint, yes=yes)
+        return
+    if not url or not name:
+        raise click.UsageError("give the machine and --name NAME (or --refresh NAME)")
     vm = api.attach(
         url, name, key=key, user=user, fingerprint=fingerprint, progress=progress_printer()
     )
@@ -176,3 +275,39 @@ def attach(url: str, name: str, key: str | None, user: str | None, fingerprint: 
         from vmkit.providers.sshhost import fingerprint as fp
 
         console.print(f"  host key pinned: {fp(ep.host_key)}")
+    pending = vm.record.extra.get("ssh_pending")
+    if pending:
+        console.print(f"[yellow]![/] no SSH yet: {pending}", soft_wrap=True, highlight=False)
+
+
+def _refresh(
+    name: str | None, *, key: str | None, user: str | None, fingerprint: str | None, yes: bool
+) -> None:
+    import sys
+
+    from vmkit.providers.virtualbox.adopt import refresh
+
+    if not name:
+        raise click.UsageError("name the attached VM: vmkit attach --refresh NAME")
+    interactive = sys.stdin.isatty()
+    if not (yes or fingerprint or interactive):
+        raise InvalidInput(
+            "--refresh shows the guest's host key for you to confirm, but there is no terminal "
+            "to ask on",
+            hint="pass --fingerprint SHA256:... (from the guest) or --yes",
+        )
+
+    def confirm(fp: str) -> bool:
+        console.print(f"VM {name!r} offers the SSH host key {fp}", markup=False)
+        return yes or click.confirm("Pin this key?", default=False)
+
+    done = refresh(
+        name,
+        key=key,
+        user=user,
+        fingerprint=fingerprint,
+        confirm=confirm,
+        progress=progress_printer(),
+    )
+    was = " (it replaces the key pinned before)" if done.changed else ""
+    console.print(f"[green]✓[/] host key pinned for [bold]{name}[/]: {done.fingerprint}{was}")

@@ -12,8 +12,11 @@ from vmkit.errors import ProviderError, ToolMissing
 from vmkit.host.runner import run
 from vmkit.providers.virtualbox.parsers import VBoxVersion, parse_version
 
-#: The oldest series vmkit drives; older ones lack the commands and output formats it relies on.
-MIN_SERIES = (5, 2)
+#: The oldest series vmkit drives. 5.0 and 5.1 print the same machine-readable formats as 5.2
+#: and have every command vmkit uses (``controlvm natpfN`` for live forwards, ``sharedfolder add
+#: --transient`` for live shares, both documented in VirtualBox's manual since 4.x); 4.3 and
+#: older are not tested and are refused.
+MIN_SERIES = (5, 0)
 
 _HINT = (
     "install VirtualBox from https://www.virtualbox.org/wiki/Downloads (it brings VBoxManage), "
@@ -74,7 +77,7 @@ def check_series(version: tuple[int, int], raw: str) -> None:
     """Refuse VirtualBox releases older than ``MIN_SERIES`` with a clear message."""
     if version < MIN_SERIES:
         raise ProviderError(
-            f"VirtualBox {raw} is too old for vmkit (it needs 5.2 or newer)",
+            f"VirtualBox {raw} is too old for vmkit (it needs 5.0 or newer)",
             hint="upgrade VirtualBox from https://www.virtualbox.org/wiki/Downloads",
         )
 

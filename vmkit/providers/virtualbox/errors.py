@@ -112,11 +112,16 @@ def error_rules(known_vms: Callable[[], list[str]]) -> list[ErrorRule]:
 
     def not_found(result: Result, m: re.Match[str]) -> VmkitError:
         names = known_vms()
-        listing = ", ".join(repr(n) for n in names) if names else "none"
-        return VMNotFound(
-            f"VirtualBox has no VM named {m.group(1)!r}",
-            hint=f"VMs VirtualBox knows: {listing}",
-        )
+        readable = [n for n in names if not n.startswith("<inaccessible>")]
+        listing = ", ".join(repr(n) for n in readable) if readable else "none"
+        hint = f"VMs VirtualBox knows: {listing}"
+        broken = [n.split(" ", 1)[-1] for n in names if n.startswith("<inaccessible>")]
+        if broken:
+            hint += (
+                f"; VirtualBox cannot read the settings of {', '.join(broken)} (maybe the one "
+                "you mean): open VirtualBox to repair or remove it"
+            )
+        return VMNotFound(f"VirtualBox has no VM named {m.group(1)!r}", hint=hint)
 
     def nat_host_port(result: Result, m: re.Match[str]) -> VmkitError:
         host_ip, port = _natpf_rule(result)
@@ -275,7 +280,7 @@ def error_rules(known_vms: Callable[[], list[str]]) -> list[ErrorRule]:
             r"(?:Unknown option: (\S+)|Invalid command '(.*)'|Invalid parameter '(.*)')",
             lambda r, m: ToolError(
                 f"this VirtualBox does not understand `{m.group(1) or m.group(2) or m.group(3)}`",
-                hint="upgrade VirtualBox; vmkit is tested with 5.2, 6.0, 6.1, 7.0 and 7.1",
+                hint="upgrade VirtualBox; vmkit supports 5.0 to 7.1",
             ),
         ),
     ]

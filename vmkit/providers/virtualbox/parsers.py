@@ -1,8 +1,13 @@
 """Pure parsers for VBoxManage output, each tested on recorded real output.
 
 They are deliberately tolerant: unknown keys are kept, lines without ``=`` (7.0's
-``Encryption:     disabled``, 6.0's `` rec_screen0``) are skipped, Windows line endings are
-accepted, and values may be quoted or not. From 6.1 on VBoxManage escapes ``"`` and ``\\`` in
+``Encryption:     disabled``, 6.0's `` rec_screen0``, warnings such as "WARNING: The vboxdrv
+kernel module is not loaded") are skipped, Windows line endings are accepted, values may be
+quoted or not, and no key has to come before another. The one thing the format itself ties to
+order is which card a ``Forwarding(N)`` rule belongs to: VBoxManage prints each NAT card's
+rules inside that card's block (``natnetN``, ``macaddressN``, ``nicN``, ... then
+``Forwarding(0..)``, numbered from 0 again for every card), so a rule belongs to the card whose
+numbered key came last before it. From 6.1 on VBoxManage escapes ``"`` and ``\\`` in
 quoted values; older releases print them raw, so only those two escapes are undone and any other
 backslash (a Windows path) is kept as it is.
 """
@@ -51,6 +56,16 @@ class VMInfo:
     folders: tuple[SharedFolder, ...]
     session: str
     raw: dict[str, str]
+
+    @property
+    def inaccessible(self) -> bool:
+        """VirtualBox cannot read the VM's settings file (it prints ``name="<inaccessible>"``)."""
+        return self.name == INACCESSIBLE
+
+    @property
+    def nat_nics(self) -> list[int]:
+        """The numbers of the cards attached to NAT (the only ones with port-forwarding rules)."""
+        return sorted(n for n, kind in self.nics.items() if kind == "nat")
 
     @property
     def running(self) -> bool:
@@ -114,6 +129,13 @@ def _int(value: str | None) -> int | None:
 
 _FOLDER = re.compile(r"SharedFolderName(Machine|Transient)Mapping(\d+)$")
 _NIC = re.compile(r"nic(\d+)$")
+#: Keys of one network card's block, numbered with the card (``natnet1``, ``macaddress1``, ...).
+_NIC_KEY = re.compile(
+    r"(?:nic|nictype|nicspeed|natnet|macaddress|cableconnected|hostonlyadapter|"
+    r"hostonly-network|bridgeadapter|intnet|nat-network|nicgenericdrv|nictrace|nictracefile)(\d+)$"
+)
+#: What ``list vms`` and ``showvminfo`` print for a VM whose settings VirtualBox cannot read.
+INACCESSIBLE = "<inaccessible>"
 
 
 def parse_showvminfo(text: str) -> VMInfo:
@@ -125,12 +147,14 @@ def parse_showvminfo(text: str) -> VMInfo:
     current_nic = 1
     for key, value in parse_pairs(text):
         raw.setdefault(key, value)
+        block = _NIC_KEY.match(key)
+        if block:
+            # Forwarding(N) lines come inside their card's block and restart at 0 for each card.
+            current_nic = int(block.group(1))
         m = _NIC.match(key)
         if m:
-            # Forwarding(N) lines follow their card's nicN= line and restart at 0 for each card.
-            current_nic = int(m.group(1))
             if value != "none":
-                nics[current_nic] = value
+                nics[int(m.group(1))] = value
         elif key.startswith("Forwarding("):
             rule = parse_rule(current_nic, value)
             if rule is not None:
@@ -163,7 +187,8 @@ def parse_list_vms(text: str) -> list[tuple[str, str]]:
     """``(name, uuid)`` of each line of ``list vms`` / ``list runningvms``.
 
     Names are printed raw between quotes, so a name with quotes in it still ends at the
-    last ``" {``. Lines that do not look like entries (warnings) are skipped.
+    last ``" {``. Lines that do not look like entries (warnings) are skipped. A VM whose
+    settings VirtualBox cannot read is listed as ``("<inaccessible>", uuid)``.
     """
     out = []
     for raw in text.splitlines():

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
-from vmkit.errors import NotFound, NotSupported, ProviderError, VMExists
+from vmkit.errors import NotFound, NotSupported, ProviderError, SSHError, VMExists
 from vmkit.host.runner import run, which
 from vmkit.progress import Progress, no_progress
 from vmkit.providers.base import Capabilities, Status, VMState
-from vmkit.providers.virtualbox.nat import SSH_RULE, free_port, host_port_free
+from vmkit.providers.virtualbox.nat import SSH_RULE, free_port, host_port_free, ssh_rule
 from vmkit.providers.virtualbox.parsers import NatRule, SharedFolder, VMInfo
 from vmkit.providers.virtualbox.vboxmanage import VBoxManage
 
@@ -46,21 +46,24 @@ STATES: dict[str, VMState] = {
     "restoring": VMState.STARTING,
     "stopping": VMState.STOPPING,
     "saving": VMState.STOPPING,
+    "aborted-saved": VMState.BROKEN,  # 7.x: aborted while a saved state was kept
+    "teleported": VMState.STOPPED,
+    "livesnapshotting": VMState.RUNNING,
+    "onlinesnapshotting": VMState.RUNNING,
+    "deletingsnapshotlive": VMState.RUNNING,
+    "deletingsnapshotlivepaused": VMState.PAUSED,
+    "teleportingpausedvm": VMState.PAUSED,
 }
+
+
+def pending_hint(name: str, options: str = "") -> str:
+    """How to finish an attachment whose SSH part could not be done yet."""
+    return f"`vmkit attach --refresh {name}{' ' + options if options else ''}`"
 
 
 def vbox_name(record: VMRecord) -> str:
     """The VirtualBox name of a record's VM: ``extra["vbox_name"]`` or ``vmkit-<name>``."""
     return str(record.extra.get("vbox_name") or PREFIX + record.name)
-
-
-def ssh_rule(info: VMInfo) -> NatRule | None:
-    """The NAT rule that reaches the guest's sshd: named "ssh" (vmkit, docker-machine, Vagrant),
-    else the first rule to guest port 22."""
-    rules = [r for r in info.rules if r.proto == "tcp" and r.guest_port == 22]
-    named = [r for r in rules if r.name == SSH_RULE]
-    candidates = named or rules
-    return candidates[0] if candidates else None
 
 
 def docker_machine_dir(vm: str, environ: dict[str, str] | None = None) -> Path:
@@ -77,6 +80,7 @@ class AdoptedVM:
     vbox_name: str
     uuid: str
     state: VMState
+    vbox_state: str  # VirtualBox's own word: poweroff, saved, running, aborted, ...
     ostype: str
     memory: int | None
     cpus: int | None
@@ -85,7 +89,8 @@ class AdoptedVM:
     ssh_user: str  # a guess: "docker" for docker-machine VMs (key found), else ""
     key_file: str | None
     shares: tuple[SharedFolder, ...]
-    forwards: tuple[NatRule, ...]
+    forwards: tuple[NatRule, ...]  # every NAT rule of every card but the SSH one
+    ssh_rule: NatRule | None = None
 
     def extra(self) -> dict[str, Any]:
         """The values to keep in ``VMRecord.extra``."""
@@ -314,9 +319,13 @@ class VirtualBoxProvider:
             errors = _log_errors(info)
             detail = f"VirtualBox reports the VM as {info.state!r}: it stopped unexpectedly"
             return Status(state, detail=detail, errors=errors or (detail,))
-        if state is VMState.UNKNOWN:
-            return Status(state, detail=f"VirtualBox state {info.state!r}")
-        return Status(state)
+        notes = []
+        if state.value != info.state:
+            # Name VirtualBox's own word too (poweroff, teleported, ...), or what it printed.
+            notes.append(f"VirtualBox state {info.state or 'not reported'!r}")
+        if record.extra.get("adopted") and record.ssh is None:
+            notes.append(f"no SSH yet: {pending_hint(record.name)}")
+        return Status(state, detail="; ".join(notes))
 
     # -- mechanisms -----------------------------------------------------------------------
 
@@ -328,6 +337,15 @@ class VirtualBoxProvider:
         from vmkit.mechanisms.sshfs import ReverseSSHFS
         from vmkit.providers.virtualbox.vboxsf import VBoxSF
 
+        if record.ssh is None and record.extra.get("adopted"):
+
+            def no_ssh() -> SSHSession:
+                raise SSHError(
+                    f"vmkit has no SSH access to VM {record.name!r} yet, and mounting a share "
+                    f"needs it: run {pending_hint(record.name)} once its SSH server answers"
+                )
+
+            return [VBoxSF(self.vbm, vbox_name(record), no_ssh)]
         mechanisms: list[ShareMechanism] = [VBoxSF(self.vbm, vbox_name(record), ssh)]
         if record.ssh is not None:
             mechanisms.append(ReverseSSHFS(record, ssh))
@@ -336,12 +354,22 @@ class VirtualBoxProvider:
     def forward_mechanisms(
         self, record: VMRecord, ssh: Callable[[], SSHSession]
     ) -> list[ForwardMechanism]:
-        """natpf (VirtualBox NAT rules on NIC 1), then an SSH tunnel when the VM has SSH, used
-        when asked for by name (``vmkit forward --mechanism ssh-tunnel``)."""
+        """natpf (VirtualBox NAT rules, added on the card that carries SSH), then an SSH
+        tunnel when the VM has SSH, used when asked for by name
+        (``vmkit forward --mechanism ssh-tunnel``)."""
         from vmkit.mechanisms.tunnel import SSHTunnel
         from vmkit.providers.virtualbox.natpf import NatPF
 
-        mechanisms: list[ForwardMechanism] = [NatPF(self.vbm, vbox_name(record))]
+        ssh_port = record.ssh.port if record.ssh is not None else None
+        known = frozenset(f.key for f in record.forwards)
+        mechanisms: list[ForwardMechanism] = [
+            NatPF(
+                self.vbm,
+                vbox_name(record),
+                ssh_port=ssh_port or record.extra.get("ssh_port"),
+                known=known,
+            )
+        ]
         if record.ssh is not None:
             mechanisms.append(SSHTunnel(record, ssh))
         return mechanisms
@@ -351,16 +379,19 @@ class VirtualBoxProvider:
     def adopt(self, vm_name: str) -> AdoptedVM:
         """Read an existing VirtualBox VM (``vmkit attach virtualbox:default``); changes nothing.
 
-        ``VMNotFound`` (listing VirtualBox's VMs) if there is none of that name or UUID.
+        Any state will do. ``VMNotFound`` (listing VirtualBox's VMs) if there is none of that
+        name or UUID, ``NameAmbiguous`` if it fits two, ``VMInaccessible`` if VirtualBox cannot
+        read the VM's settings.
         """
-        info = self.vbm.info(vm_name)
+        info = self.vbm.resolve(vm_name)
         rule = ssh_rule(info)
         key = docker_machine_dir(info.name) / "id_rsa"
         has_key = key.is_file()
         return AdoptedVM(
-            vbox_name=info.name,
+            vbox_name=info.name or vm_name,
             uuid=info.uuid,
             state=STATES.get(info.state, VMState.UNKNOWN),
+            vbox_state=info.state,
             ostype=info.ostype,
             memory=info.memory,
             cpus=info.cpus,
@@ -370,6 +401,7 @@ class VirtualBoxProvider:
             key_file=str(key) if has_key else None,
             shares=info.folders,
             forwards=tuple(r for r in info.rules if r is not rule),
+            ssh_rule=rule,
         )
 
 

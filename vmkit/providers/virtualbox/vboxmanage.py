@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vmkit.errors import VMNotFound
+from vmkit.errors import NameAmbiguous, ProviderError, VMInaccessible, VMNotFound
 from vmkit.host.runner import Result, run
 from vmkit.providers.virtualbox.discover import check_series, find_vboxmanage, read_version
 from vmkit.providers.virtualbox.errors import error_rules
 from vmkit.providers.virtualbox.parsers import (
+    INACCESSIBLE,
     VBoxVersion,
     VMInfo,
     parse_guestproperty,
@@ -31,7 +32,7 @@ class VBoxManage:
 
     @property
     def version(self) -> VBoxVersion:
-        """The VirtualBox version; ``ProviderError`` if it is older than 5.2 or unreadable."""
+        """The VirtualBox version; ``ProviderError`` if it is older than 5.0 or unreadable."""
         if self._version is None:
             v = read_version(self.path)
             check_series(v.series, str(v))
@@ -40,15 +41,67 @@ class VBoxManage:
 
     def _known_names(self) -> list[str]:
         r = self("list", "vms", timeout=30, check=False)
-        return [name for name, _ in parse_list_vms(r.stdout)] if r.ok else []
+        if not r.ok:
+            return []
+        return [
+            f"{name} {{{uuid}}}" if name == INACCESSIBLE else name
+            for name, uuid in parse_list_vms(r.stdout)
+        ]
 
     def list_vms(self, *, running: bool = False) -> list[tuple[str, str]]:
         """``(name, uuid)`` of every registered (or only running) VM."""
         return parse_list_vms(self("list", "runningvms" if running else "vms", timeout=30).stdout)
 
     def info(self, vm: str) -> VMInfo:
-        """``showvminfo --machinereadable`` of ``vm`` (name or UUID); ``VMNotFound`` if unknown."""
-        return parse_showvminfo(self("showvminfo", vm, "--machinereadable", timeout=30).stdout)
+        """``showvminfo --machinereadable`` of ``vm`` (name or UUID); ``VMNotFound`` if unknown.
+
+        ``VMInaccessible`` if VirtualBox cannot read the VM's settings, ``ProviderError`` if
+        VBoxManage printed nothing that describes a VM (e.g. only a warning).
+        """
+        r = self("showvminfo", vm, "--machinereadable", timeout=30)
+        info = parse_showvminfo(r.stdout)
+        if info.inaccessible:
+            raise VMInaccessible(
+                f"VirtualBox VM {info.uuid or vm!r} is inaccessible: VirtualBox cannot read its settings"
+            )
+        if not (info.name or info.uuid or info.state):
+            shown = next((ln.strip() for ln in r.stdout.splitlines() if ln.strip()), "nothing")
+            raise ProviderError(
+                f"`VBoxManage showvminfo {vm} --machinereadable` described no VM; it printed: {shown[:120]}",
+                hint="run that command yourself to see what is wrong with VirtualBox",
+            )
+        return info
+
+    def resolve(self, vm: str) -> VMInfo:
+        """The one VM ``vm`` names, read with ``showvminfo``, checked against ``list vms`` first.
+
+        VirtualBox matches a UUID before a name and takes the first of equal names without a
+        word, so a name that fits two VMs (two of that name, or one of that name and another
+        with that UUID) is ``NameAmbiguous``, and a UUID of a VM VirtualBox cannot read is
+        ``VMInaccessible``. If ``list vms`` fails or does not list ``vm``, ``showvminfo``
+        decides (``VMNotFound`` with VirtualBox's VMs listed).
+        """
+        r = self("list", "vms", timeout=30, check=False)
+        entries = parse_list_vms(r.stdout) if r.ok else []
+        wanted = vm.strip().strip("{}").lower()
+        hits = [(name, uuid) for name, uuid in entries if name == vm or uuid == wanted]
+        uuids = sorted({uuid for _, uuid in hits})
+        if len(uuids) > 1:
+            listing = ", ".join(f"{name!r} {{{uuid}}}" for name, uuid in hits)
+            raise NameAmbiguous(
+                f"{vm!r} fits {len(uuids)} VirtualBox VMs: {listing}",
+                hint=f"name the one you mean by its UUID, e.g. virtualbox:{uuids[0]}",
+            )
+        if hits and hits[0][0] == INACCESSIBLE:
+            raise VMInaccessible(
+                f"VirtualBox VM {{{hits[0][1]}}} is inaccessible: VirtualBox cannot read its settings"
+            )
+        return self.info(vm)
+
+    def inaccessible(self) -> list[str]:
+        """UUIDs of the VMs VirtualBox lists as ``<inaccessible>``."""
+        r = self("list", "vms", timeout=30, check=False)
+        return [u for n, u in parse_list_vms(r.stdout) if n == INACCESSIBLE] if r.ok else []
 
     def find(self, vm: str) -> VMInfo | None:
         """Like ``info`` but None when VirtualBox has no such VM."""
