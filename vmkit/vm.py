@@ -717,7 +717,7 @@ def create(
             disk=disk,
             # Until the provider is done, the record says so: a crash in between shows as
             # broken, and destroy (which reads the provider from here) cleans it up.
-            extra={"accel_request": request, "incomplete": True},
+            extra={"accel_request": request, "accel": plan.accel, "incomplete": True},
         )
         try:
             progress("making the VM's SSH identity (client key, guest host key, seed disk)")
@@ -757,24 +757,31 @@ def _plan(
 ) -> Plan:
     """Provider, arch and accelerator for a new VM, with the fallbacks logged."""
     from vmkit.host.fallback import choose
-    from vmkit.host.virt import detect
+    from vmkit.host.virt import detect, notice
 
     asked = provider or "qemu"
     vbox = _vbox_version() if asked == "virtualbox" else None
-    plan = choose(asked, detect(), vbox)
-    if (plan.provider, plan.arch) != (asked, arch or plan.arch):
+    hav = detect()
+    plan = choose(asked, hav, vbox)
+    if (plan.provider, plan.arch) != (asked, arch or "amd64"):
         log.warning(plan.reason)
-    if plan.provider == "qemu":
-        plan = attrs.evolve(plan, arch=arch or plan.arch)
-        if request not in ("auto", "tcg"):
-            # A named hardware accelerator is proven now, on the box's kernel, so a VM that
-            # cannot boot is never made.
-            from vmkit import boxes
+    if plan.provider != "qemu":
+        return plan
+    plan = attrs.evolve(plan, arch=arch or plan.arch)
+    if request == "auto" and plan.accel == "tcg":
+        log.warning(notice(hav))
+    elif request not in ("auto", "tcg"):
+        # A named hardware accelerator is proven now, on the box's kernel, so a VM that
+        # cannot boot is never made.
+        from vmkit import boxes
 
-            kernel = boxes.ensure(box, plan.arch, progress=progress).kernel
-            progress(f"checking that {accel_mod.display(request)} boots the box's kernel")
-            plan = choose("qemu", detect(kernel=kernel), None, request)
-            plan = attrs.evolve(plan, arch=arch or plan.arch)
+        kernel = boxes.ensure(box, plan.arch, progress=progress).kernel
+        progress(f"checking that {accel_mod.display(request)} boots the box's kernel")
+        plan = choose("qemu", detect(kernel=kernel), None, request)
+        plan = attrs.evolve(plan, arch=arch or plan.arch)
+    elif request == "tcg":
+        plan = choose("qemu", hav, None, "tcg")
+        plan = attrs.evolve(plan, arch=arch or plan.arch)
     return plan
 
 

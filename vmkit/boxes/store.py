@@ -429,7 +429,7 @@ def build(
             return find(name, arch)
         except BoxNotFound:
             pass
-    elif (folder / MANIFEST).is_file():
+    else:
         require_unused(name, arch, "rebuild")
     tools = _preflight(arch)
     folder.parent.mkdir(parents=True, exist_ok=True)
