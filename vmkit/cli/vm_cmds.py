@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import click
 from rich.table import Table
@@ -46,29 +47,10 @@ def _create_options(f: click.decorators.FC) -> click.decorators.FC:
 @click.command()
 @click.argument("name", default=api.DEFAULT_NAME)
 @_create_options
-def up(
-    name: str,
-    box: str,
-    arch: str | None,
-    cpus: int,
-    memory: int,
-    disk: int,
-    provider: str | None,
-    accel: str | None,
-) -> None:
+def up(name: str, **create_options: Any) -> None:
     """Create NAME if needed, start it, and wait until SSH and Docker answer."""
     show = progress_printer()
-    vm = api.created(
-        name,
-        box=box,
-        arch=arch,
-        cpus=cpus,
-        memory=memory,
-        disk=disk,
-        provider=provider,
-        accel=accel,
-        progress=show,
-    )
+    vm = api.created(name, progress=show, **create_options)
     problems = vm.start(progress=show)
     ep = vm.record.ssh
     assert ep is not None
@@ -90,28 +72,9 @@ def _report_problems(problems: list[str]) -> None:
 @click.command()
 @click.argument("name")
 @_create_options
-def create(
-    name: str,
-    box: str,
-    arch: str | None,
-    cpus: int,
-    memory: int,
-    disk: int,
-    provider: str | None,
-    accel: str | None,
-) -> None:
+def create(name: str, **create_options: Any) -> None:
     """Create VM NAME from a box (building the box first if needed); does not start it."""
-    api.create(
-        name,
-        box=box,
-        arch=arch,
-        cpus=cpus,
-        memory=memory,
-        disk=disk,
-        provider=provider,
-        accel=accel,
-        progress=progress_printer(),
-    )
+    api.create(name, progress=progress_printer(), **create_options)
     console.print(f"[green]✓[/] created VM [bold]{name}[/]; start it with `vmkit start {name}`")
 
 

@@ -92,22 +92,29 @@ def silent_detail(accel: str, seconds: float, last_words: str = "") -> str:
     )
 
 
-def boot_argv(binary: str, accel: str, kernel: Path) -> list[str]:
-    """QEMU booting ``kernel`` alone, its console on stdout: enough to see it run."""
+def bare_qemu(binary: str, accel: str, memory_mib: int) -> list[str]:
+    """QEMU with ``accel`` and the CPU model a real boot uses, and no devices at all."""
     cpu = ["-cpu", "max"] if accel == "tcg" else [] if accel == "whpx" else ["-cpu", "host"]
     return [
         binary,
         "-accel",
         accel,
-        *cpu,
         "-machine",
         "pc",
+        *cpu,
         "-m",
-        "256",
+        str(memory_mib),
         "-nodefaults",
         "-no-user-config",
         "-display",
         "none",
+    ]
+
+
+def boot_argv(binary: str, accel: str, kernel: Path) -> list[str]:
+    """QEMU booting ``kernel`` alone, its console on stdout: enough to see it run."""
+    return [
+        *bare_qemu(binary, accel, 256),
         "-kernel",
         str(kernel),
         # No root disk: the kernel prints, then panics, and -no-reboot makes QEMU exit.

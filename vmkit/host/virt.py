@@ -28,7 +28,7 @@ import attrs
 
 from vmkit.errors import CommandTimeout, ToolError, ToolMissing
 from vmkit.host import runner as _runner
-from vmkit.host.accel import QEMU_BINARY, prove
+from vmkit.host.accel import QEMU_BINARY, bare_qemu, prove
 from vmkit.host.runner import Result
 
 #: A probe start takes 0.03-0.06 s here (QEMU 7.2); the timeout only guards against a hang.
@@ -195,24 +195,7 @@ def probe_argv(accel: str, *, binary: str = QEMU_BINARY) -> list[str]:
     vCPU, which is where KVM fails on a host without nested virtualization. ``-qmp stdio``
     lets the probe tell QEMU to quit instead of waiting for a timeout.
     """
-    cpu = [] if accel == "whpx" else ["-cpu", "host"]
-    return [
-        binary,
-        "-accel",
-        accel,
-        "-machine",
-        "pc",
-        *cpu,
-        "-m",
-        "32",
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-S",
-        "-qmp",
-        "stdio",
-    ]
+    return [*bare_qemu(binary, accel, 32), "-S", "-qmp", "stdio"]
 
 
 # Known QEMU failure texts, as plain words; the raw text follows in the detail.
