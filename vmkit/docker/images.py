@@ -261,9 +261,11 @@ def load(vm: VM, path: str | os.PathLike[str], *, progress: Progress = _no_progr
         check.finish()
         progress(total, total)
 
-    from vmkit.docker.client import translate
+    from vmkit.docker.client import docker_client, translate
 
-    client = vm.docker()
+    # dockerd answers only after it has unpacked every layer, which follows the last byte
+    # sent; under emulation on a busy host that is well under 1 MiB/s.
+    client = docker_client(vm, timeout=120 + total / 2**20)
     started = time.monotonic()
     messages: list[str] = []
     try:
