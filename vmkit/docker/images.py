@@ -265,6 +265,7 @@ def load(vm: VM, path: str | os.PathLike[str], *, progress: Progress = _no_progr
 
     # dockerd answers only after it has unpacked every layer, which follows the last byte
     # sent; under emulation on a busy host that is well under 1 MiB/s.
+    vm.require_running()
     client = docker_client(vm, timeout=120 + total / 2**20)
     started = time.monotonic()
     messages: list[str] = []
