@@ -447,7 +447,7 @@ def test_a_passing_probe_without_cpu_flag_is_not_proven(tmp_path: Path) -> None:
     assert ok_of(report, KVM_PROBE) is True
     assert (report.usable, report.accel) == (False, "tcg")
     assert "not proven" in (report.check(BOOT_PROOF) or pytest.fail("no proof check")).detail
-    assert "could not boot the box's kernel" in notice(report)
+    assert "KVM not proven to run a kernel" in notice(report)
 
 
 def test_probe_leaves_no_core_dump(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -566,11 +566,17 @@ _SHORT = {
 }
 
 
+def _short(c: Check) -> str:
+    if c.name == BOOT_PROOF and c.detail.startswith("not proven"):
+        return "KVM not proven to run a kernel"
+    return _SHORT.get(c.name, c.name)
+
+
 def notice(report: HAVReport) -> str:
     """One line for ``vmkit up``: what was found and what vmkit does about it."""
     if report.usable and report.accel != "tcg":
         return f"hardware virtualization is usable: QEMU uses {report.accel.upper()}"
-    reasons = [_SHORT.get(c.name, c.name) for c in report.checks if c.ok is False]
+    reasons = [_short(c) for c in report.checks if c.ok is False]
     why = f" ({'; '.join(reasons)})" if reasons else ""
     if report.usable:
         what = "hardware virtualization is on, but QEMU cannot use it here"
