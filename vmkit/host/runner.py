@@ -235,7 +235,7 @@ def watch(
             raise ToolMissing(args[0], package=PACKAGES.get(Path(args[0]).name)) from e
         assert proc.stdout is not None
         output = b""
-        matched = False
+        matched = ended = False
         with selectors.DefaultSelector() as sel:
             sel.register(proc.stdout, selectors.EVENT_READ)
             while not matched:
@@ -243,12 +243,17 @@ def watch(
                 if left <= 0 or not sel.select(left):
                     break
                 chunk = os.read(proc.stdout.fileno(), 4096)
-                if not chunk:  # EOF: the program exited
+                if not chunk:  # EOF: the program is exiting
+                    ended = True
                     break
                 output = (output + chunk)[-_WATCH_KEEP:]
                 matched = until.search(output) is not None
         seconds = time.monotonic() - started
         exit_code = proc.poll()
+        if ended and exit_code is None:
+            # Its stdout closes a moment before it is gone: wait for the real exit code.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                exit_code = proc.wait(5)
         if exit_code is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
