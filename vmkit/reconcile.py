@@ -51,6 +51,17 @@ class Orphan:
             origin = f"from an interrupted {self.intent.describe()}"
         return f"{self.leftover.what} ({self.leftover.mechanism}) {origin}"
 
+    def advice(self, vm: str) -> str:
+        """The whole line ``vmkit shares``/``forwards``/``status`` print for it."""
+        if self.under_way:
+            return f"in progress: {self.describe()}"
+        again = ""
+        if self.intent is not None and self.intent.share is not None:
+            again = f"`vmkit {self.intent.op} {self.intent.share.source}` or "
+        elif self.intent is not None and self.intent.forward is not None:
+            again = f"`vmkit {self.intent.op} {self.intent.forward.host_port}` or "
+        return f"orphaned: {self.describe()}; {again}`vmkit repair {vm}` will clean it"
+
 
 @attrs.frozen
 class Settled:

@@ -15,7 +15,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import attrs
 
@@ -485,7 +485,10 @@ class VM:
         """Remove the share of host folder ``path`` (or of guest path ``path``)."""
         with state.locked(self.name):
             self.reload()
+            before = self._find_share(str(path), missing_ok=True)
             self._settle()
+            if before is not None and before not in self.record.shares:
+                return before  # an interrupted unshare of it, finished by the settling
             spec = self._find_share(str(path))
             with self._change(reconcile.new_intent("unshare", share=spec)) as intent:
                 point("unshare:intent")
@@ -506,13 +509,20 @@ class VM:
             return []
         return [s for m in self._share_mechs() for s in m.active()]
 
-    def _find_share(self, path: str) -> ShareSpec:
+    @overload
+    def _find_share(self, path: str) -> ShareSpec: ...
+    @overload
+    def _find_share(self, path: str, *, missing_ok: bool) -> ShareSpec | None: ...
+
+    def _find_share(self, path: str, *, missing_ok: bool = False) -> ShareSpec | None:
         candidates = {path}
         with contextlib.suppress(VmkitError):
             candidates.add(str(Path(path).expanduser().resolve()))
         for s in self.record.shares:
             if s.source in candidates or s.target in candidates:
                 return s
+        if missing_ok:
+            return None
         raise ShareNotFound(f"{path} is not shared with VM {self.name!r}")
 
     # -- forwards -------------------------------------------------------------------------
@@ -573,8 +583,11 @@ class VM:
         """Stop forwarding ``host_port``."""
         with state.locked(self.name):
             self.reload()
+            before = [f for f in self.record.forwards if f.key == (proto, host_port)]
             self._settle()
             match = [f for f in self.record.forwards if f.key == (proto, host_port)]
+            if before and not match:
+                return before[0]  # an interrupted unforward of it, finished by the settling
             if not match:
                 raise ForwardNotFound(
                     f"host port {host_port}/{proto} is not forwarded to VM {self.name!r}"
