@@ -9,13 +9,14 @@ again, so nothing is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Callable, Sequence
 
 import attrs
 
-from vmkit.errors import GuestModuleMissing, InvalidInput, ShareExists, VMNotFound
+from vmkit.errors import GuestModuleMissing, InvalidInput, ShareExists, SSHError, VMNotFound
 from vmkit.guest.ssh import SSHSession
 from vmkit.host.faults import point
 from vmkit.mechanisms.base import Leftover, guest_mounts, prepare_mountpoint, unmount
@@ -218,9 +219,11 @@ class VBoxSF:
         info = self.vbm.find(self.vm)
         if info is None:
             return []
-        mounts = (
-            {tag: t for t, (tag, _) in vboxsf_mounts(self.ssh()).items()} if info.running else {}
-        )
+        mounts: dict[str, str] = {}
+        if info.running:
+            # A VM vmkit has no SSH access to yet: its folders are still found.
+            with contextlib.suppress(SSHError):
+                mounts = {tag: t for t, (tag, _) in vboxsf_mounts(self.ssh()).items()}
         out = []
         for f in info.folders:
             if f.name.startswith("vmkit_") and f.name not in keep:
