@@ -190,7 +190,7 @@ def test_unforward_killed_then_repair_converges(
 def test_a_stopped_vm_settles_intents_in_its_record(
     vbox: tuple[VM, VBoxSim, DiskGuest], tmp_path: Path
 ) -> None:
-    vm, sim, guest = vbox
+    vm, _sim, guest = vbox
     data = tmp_path / "data"
     data.mkdir()
     killed_at("vboxsf:folder", lambda: vm.share(data))
