@@ -679,13 +679,18 @@ class VM:
         state.save(self.record)
 
     def _settle(self, progress: Progress = no_progress) -> reconcile.Settled:
-        """Under the lock: clean what killed commands left, before this one changes anything."""
-        running = self.is_running()
-        if running or self.provider.capabilities.offline_changes:
+        """Under the lock: clean what killed commands left, before this one changes anything.
+
+        Reality is read only from a VM that answers (or a stopped one whose provider keeps
+        shares and forwards while stopped); a stopped QEMU VM keeps nothing, so there only the
+        record's intents are settled. A booting or unreachable VM is left alone.
+        """
+        where = self._settle_scope()
+        if where == "live":
             settled = reconcile.settle(
                 self.record, self._share_mechs(), self._forward_mechs(), self.ssh
             )
-        elif self.record.pending:
+        elif where == "record" and self.record.pending:
             settled = reconcile.settle_offline(self.record)
         else:
             return reconcile.Settled()
@@ -695,11 +700,20 @@ class VM:
             progress(line)
         return settled
 
+    def _settle_scope(self) -> str:
+        """``live`` (read the hypervisor and guest), ``record`` (stopped) or ``none``."""
+        st = self.status().state
+        if st is VMState.RUNNING:
+            return "live"
+        if st is VMState.STOPPED:
+            return "live" if self.provider.capabilities.offline_changes else "record"
+        return "none"
+
     def orphans(self) -> list[reconcile.Orphan]:
         """What killed commands left on the VM, read from the hypervisor, the guest and the
         host's processes (shown by ``vmkit shares``, ``forwards`` and ``status``)."""
         self.reload()
-        if not (self.is_running() or self.provider.capabilities.offline_changes):
+        if self._settle_scope() != "live":
             return []
         return reconcile.find(self.record, self._share_mechs(), self._forward_mechs())
 
@@ -723,7 +737,10 @@ class VM:
         """Put the desired shares and forwards in place after a boot; return one line per failure."""
         with state.locked(self.name):
             self.reload()
-            settled = self._settle(progress)
+            try:
+                settled = self._settle(progress)
+            except VmkitError as e:  # the boot itself went well: report, and carry on
+                settled = reconcile.Settled(problems=[e])
             _, problems = self._reapply_locked(progress)
             return [str(e) for e in settled.problems + problems]
 
@@ -747,6 +764,8 @@ class VM:
                     if s.mechanism
                     else self._pick(smechs, None, "share", progress)
                 )
+                if s.mechanism:
+                    mech.remove(s)  # what a killed start or repair made of it, if anything
                 new_shares.append(mech.add(attrs.evolve(s, tag="")))
                 fixed.append(f"put back the share of {s.source} ({mech.name})")
             except VmkitError as e:
