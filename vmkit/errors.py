@@ -23,6 +23,7 @@ are caught into the most specific class below and chained with ``from``.
     │   ├── VMNotRunning
     │   ├── VMUnreachable               it was up, and its SSH stopped answering
     │   ├── VMAmbiguous                 no VM named and several run
+    │   ├── ShareBusy                   a guest mount in use (by a container) cannot be removed
     │   └── VMLocked                    another vmkit (or VirtualBox session) holds the VM
     ├── PortInUse
     ├── NotSupported                    the provider lacks the capability
@@ -136,6 +137,10 @@ class VMUnreachable(StateError):
 
 class VMAmbiguous(StateError):
     default_hint = "name one with --vm NAME"
+
+
+class ShareBusy(StateError):
+    """A guest mount vmkit must remove is in use; the message names the processes holding it."""
 
 
 class VMLocked(StateError):

@@ -92,6 +92,11 @@ class InstanceFiles:
         return self.dir / "qmp.sock"
 
     @property
+    def qmp_lock(self) -> Path:
+        """Held while a vmkit process talks to QEMU's monitor, which serves one client at a time."""
+        return self.dir / "qmp.lock"
+
+    @property
     def pid(self) -> Path:
         return self.dir / "qemu.pid"
 

@@ -52,6 +52,32 @@ class ForwardSpec:
 
 
 @attrs.frozen
+class Intent:
+    """A live change under way, written to the record before its first side effect.
+
+    ``op`` is ``share``, ``unshare``, ``forward`` or ``unforward``; ``share``/``forward`` is
+    the spec with its mechanism (and so the names of everything it makes) already chosen. A
+    command that finishes removes its intent in the same write that records the result; one
+    that was killed leaves it, and the next command on the VM (or ``vmkit repair``) settles
+    it: a half-made share or forward is removed, a half-done removal is finished.
+    """
+
+    op: str
+    share: ShareSpec | None = None
+    forward: ForwardSpec | None = None
+    pid: int = 0  # the vmkit process that wrote it
+    since: float = 0.0  # time.time() when it was written
+
+    def describe(self) -> str:
+        """``share of /data``, ``forward of port 8080/tcp``: what the change was about."""
+        if self.share is not None:
+            return f"{self.op} of {self.share.source or self.share.target}"
+        if self.forward is not None:
+            return f"{self.op} of port {self.forward.host_port}/{self.forward.proto}"
+        return self.op
+
+
+@attrs.frozen
 class SSHEndpoint:
     """How to reach a guest's sshd; the host key is pinned, never learned on first use."""
 
@@ -76,6 +102,8 @@ class VMRecord:
     ssh: SSHEndpoint | None = None
     shares: list[ShareSpec] = attrs.Factory(list)
     forwards: list[ForwardSpec] = attrs.Factory(list)
+    # Changes begun and not finished (their command was killed); see ``Intent``.
+    pending: list[Intent] = attrs.Factory(list)
     # Provider-specific values (QEMU's accelerator and SSH port, VirtualBox's VM UUID, ...).
     extra: dict[str, Any] = attrs.Factory(dict)
     schema: int = SCHEMA
@@ -93,13 +121,25 @@ class VMRecord:
         ssh = d.pop("ssh", None)
         shares = d.pop("shares", [])
         forwards = d.pop("forwards", [])
+        pending = d.pop("pending", [])
         known = {a.name for a in attrs.fields(cls)}
         return cls(
             ssh=SSHEndpoint(**ssh) if ssh else None,
             shares=[ShareSpec(**s) for s in shares],
             forwards=[ForwardSpec(**f) for f in forwards],
+            pending=[_intent(i) for i in pending],
             **{k: v for k, v in d.items() if k in known},
         )
+
+
+def _intent(d: dict[str, Any]) -> Intent:
+    d = dict(d)
+    share, forward = d.pop("share", None), d.pop("forward", None)
+    return Intent(
+        share=ShareSpec(**share) if share else None,
+        forward=ForwardSpec(**forward) if forward else None,
+        **d,
+    )
 
 
 def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:

@@ -13,13 +13,13 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import attrs
 
-from vmkit import state
+from vmkit import reconcile, state
 from vmkit.errors import (
     BootTimeout,
     ConsoleSilent,
@@ -44,13 +44,14 @@ from vmkit.guest.ready import Probe, wait_for
 from vmkit.guest.ssh import SSHSession
 from vmkit.home import check_name
 from vmkit.host import accel as accel_mod
-from vmkit.host import procs
+from vmkit.host import interrupts, procs
+from vmkit.host.faults import point
 from vmkit.host.netutil import check_port_number, read_banner, require_free
 from vmkit.host.runner import Result
 from vmkit.progress import Progress, no_progress
 from vmkit.providers import registry
 from vmkit.providers.base import Provider, Status, VMState
-from vmkit.state import ForwardSpec, ShareSpec, SSHEndpoint, VMRecord
+from vmkit.state import ForwardSpec, Intent, ShareSpec, SSHEndpoint, VMRecord
 
 if TYPE_CHECKING:
     import docker
@@ -449,6 +450,7 @@ class VM:
         dest = guest_path(target) if target else guest_path(str(source))
         with state.locked(self.name):
             self.reload()
+            settled = self._settle(progress)
             for s in self.record.shares:
                 if s.source == str(source):
                     if s.target == dest:
@@ -464,25 +466,37 @@ class VM:
             self._require_changeable()
             spec = ShareSpec(source=str(source), target=dest, readonly=readonly)
             mech = self._pick(self._share_mechs(), mechanism, "share", progress)
+            planned = mech.planned(spec)
+            _refuse_if_blocked(settled, lambda s: reconcile.in_the_way(s, planned))
             progress(f"sharing {source} at {dest} in the guest with {mech.name}")
-            done = mech.add(spec)
-            self.record.shares.append(done)
-            try:
-                state.save(self.record)
-            except BaseException:
-                mech.remove(done)
-                raise
+            with self._change(reconcile.new_intent("share", share=planned)) as intent:
+                point("share:intent")
+                try:
+                    done = mech.add(planned)
+                except Exception:
+                    self._drop_intent(intent)  # the mechanism undid its steps
+                    raise
+                point("share:added")
+                self.record.shares.append(done)
+                self._drop_intent(intent)
             return done
 
     def unshare(self, path: str | os.PathLike[str]) -> ShareSpec:
         """Remove the share of host folder ``path`` (or of guest path ``path``)."""
         with state.locked(self.name):
             self.reload()
+            before = self._find_share(str(path), missing_ok=True)
+            self._settle()
+            if before is not None and before not in self.record.shares:
+                return before  # an interrupted unshare of it, finished by the settling
             spec = self._find_share(str(path))
-            if self.is_running() or self.provider.capabilities.offline_changes:
-                self._mech_named(self._share_mechs(), spec.mechanism).remove(spec)
-            self.record.shares = [s for s in self.record.shares if s is not spec]
-            state.save(self.record)
+            with self._change(reconcile.new_intent("unshare", share=spec)) as intent:
+                point("unshare:intent")
+                if self.is_running() or self.provider.capabilities.offline_changes:
+                    self._mech_named(self._share_mechs(), spec.mechanism).remove(spec)
+                point("unshare:removed")
+                self.record.shares = [s for s in self.record.shares if s is not spec]
+                self._drop_intent(intent)
             return spec
 
     def shares(self) -> list[ShareSpec]:
@@ -495,13 +509,20 @@ class VM:
             return []
         return [s for m in self._share_mechs() for s in m.active()]
 
-    def _find_share(self, path: str) -> ShareSpec:
+    @overload
+    def _find_share(self, path: str) -> ShareSpec: ...
+    @overload
+    def _find_share(self, path: str, *, missing_ok: bool) -> ShareSpec | None: ...
+
+    def _find_share(self, path: str, *, missing_ok: bool = False) -> ShareSpec | None:
         candidates = {path}
         with contextlib.suppress(VmkitError):
             candidates.add(str(Path(path).expanduser().resolve()))
         for s in self.record.shares:
             if s.source in candidates or s.target in candidates:
                 return s
+        if missing_ok:
+            return None
         raise ShareNotFound(f"{path} is not shared with VM {self.name!r}")
 
     # -- forwards -------------------------------------------------------------------------
@@ -532,6 +553,7 @@ class VM:
             )
         with state.locked(self.name):
             self.reload()
+            settled = self._settle()
             for f in self.record.forwards:
                 if f.key == spec.key:
                     if (f.guest_port, f.host_ip) == (gport, host_ip):
@@ -541,31 +563,43 @@ class VM:
                         hint=f"`vmkit unforward {host_port}` first",
                     )
             self._require_changeable()
+            _refuse_if_blocked(settled, lambda f: reconcile.in_the_way(f, spec))
             require_free(host_port, host_ip, proto)
             mech = self._pick(self._forward_mechs(), mechanism, "forward")
-            done = mech.add(spec)
-            self.record.forwards.append(done)
-            try:
-                state.save(self.record)
-            except BaseException:
-                mech.remove(done)
-                raise
+            planned = attrs.evolve(spec, mechanism=mech.name)
+            with self._change(reconcile.new_intent("forward", forward=planned)) as intent:
+                point("forward:intent")
+                try:
+                    done = mech.add(planned)
+                except Exception:
+                    self._drop_intent(intent)
+                    raise
+                point("forward:added")
+                self.record.forwards.append(done)
+                self._drop_intent(intent)
             return done
 
     def unforward(self, host_port: int, *, proto: str = "tcp") -> ForwardSpec:
         """Stop forwarding ``host_port``."""
         with state.locked(self.name):
             self.reload()
+            before = [f for f in self.record.forwards if f.key == (proto, host_port)]
+            self._settle()
             match = [f for f in self.record.forwards if f.key == (proto, host_port)]
+            if before and not match:
+                return before[0]  # an interrupted unforward of it, finished by the settling
             if not match:
                 raise ForwardNotFound(
                     f"host port {host_port}/{proto} is not forwarded to VM {self.name!r}"
                 )
             spec = match[0]
-            if self.is_running() or self.provider.capabilities.offline_changes:
-                self._mech_named(self._forward_mechs(), spec.mechanism).remove(spec)
-            self.record.forwards = [f for f in self.record.forwards if f is not spec]
-            state.save(self.record)
+            with self._change(reconcile.new_intent("unforward", forward=spec)) as intent:
+                point("unforward:intent")
+                if self.is_running() or self.provider.capabilities.offline_changes:
+                    self._mech_named(self._forward_mechs(), spec.mechanism).remove(spec)
+                point("unforward:removed")
+                self.record.forwards = [f for f in self.record.forwards if f is not spec]
+                self._drop_intent(intent)
             return spec
 
     def forwards(self) -> list[ForwardSpec]:
@@ -622,51 +656,152 @@ class VM:
             hint=f"use one of: {known}",
         )
 
-    def reapply(self, *, progress: Progress = no_progress) -> list[str]:
-        """Put the desired shares and forwards in place after a boot; return one line per failure."""
-        problems: list[str] = []
+    # -- crash safety ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _change(self, intent: Intent) -> Iterator[Intent]:
+        """A live change: its intent saved before the first side effect, Ctrl-C held until
+        it is done (a second one abandons it; the next command settles what it left)."""
+
+        def notice() -> None:
+            log.warning(
+                f"finishing the {intent.describe()} first; interrupt again to abandon it "
+                f"(the next vmkit command on {self.name!r} cleans up)"
+            )
+
+        with interrupts.deferred(notice):
+            self.record.pending.append(intent)
+            state.save(self.record)
+            yield intent
+
+    def _drop_intent(self, intent: Intent) -> None:
+        self.record.pending = [i for i in self.record.pending if i is not intent]
+        state.save(self.record)
+
+    def _settle(self, progress: Progress = no_progress) -> reconcile.Settled:
+        """Under the lock: clean what killed commands left, before this one changes anything.
+
+        Reality is read only from a VM that answers (or a stopped one whose provider keeps
+        shares and forwards while stopped); a stopped QEMU VM keeps nothing, so there only the
+        record's intents are settled. A booting or unreachable VM is left alone.
+        """
+        where = self._settle_scope()
+        if where == "live":
+            settled = reconcile.settle(
+                self.record, self._share_mechs(), self._forward_mechs(), self.ssh
+            )
+        elif where == "record" and self.record.pending:
+            settled = reconcile.settle_offline(self.record)
+        else:
+            return reconcile.Settled()
+        if settled.fixed:
+            state.save(self.record)
+        for line in settled.fixed:
+            progress(line)
+        return settled
+
+    def _settle_scope(self) -> str:
+        """``live`` (read the hypervisor and guest), ``record`` (stopped) or ``none``."""
+        st = self.status().state
+        if st is VMState.RUNNING:
+            return "live"
+        if st is VMState.STOPPED:
+            return "live" if self.provider.capabilities.offline_changes else "record"
+        return "none"
+
+    def orphans(self) -> list[reconcile.Orphan]:
+        """What killed commands left on the VM, read from the hypervisor, the guest and the
+        host's processes (shown by ``vmkit shares``, ``forwards`` and ``status``)."""
+        self.reload()
+        if self._settle_scope() != "live":
+            return []
+        return reconcile.find(self.record, self._share_mechs(), self._forward_mechs())
+
+    def pending(self) -> list[Intent]:
+        """Changes begun and not finished: their command was killed, or still runs."""
+        return list(self.reload().pending)
+
+    def repair(self, *, progress: Progress = no_progress) -> reconcile.Settled:
+        """Make reality match the record: remove what killed commands left, finish their
+        removals, and put back wanted shares and forwards that are missing (VM running)."""
         with state.locked(self.name):
             self.reload()
-            smechs = self._share_mechs()
-            fmechs = self._forward_mechs()
-            active_s = {(s.source, s.target) for m in smechs for s in m.active()}
-            active_f = {f.key for m in fmechs for f in m.active()}
-            new_shares = []
-            for s in self.record.shares:
-                if (s.source, s.target) in active_s:
-                    new_shares.append(s)
-                    continue
-                try:
-                    progress(f"re-sharing {s.source}")
-                    mech = (
-                        self._mech_named(smechs, s.mechanism)
-                        if s.mechanism
-                        else self._pick(smechs, None, "share", progress)
-                    )
-                    new_shares.append(mech.add(attrs.evolve(s, tag="")))
-                except VmkitError as e:
-                    problems.append(f"share {s.source}: {e}")
-                    new_shares.append(s)
-            new_forwards = []
-            for f in self.record.forwards:
-                if f.key in active_f:
-                    new_forwards.append(f)
-                    continue
-                try:
-                    progress(f"re-forwarding port {f.host_port}")
-                    fmech = (
-                        self._mech_named(fmechs, f.mechanism)
-                        if f.mechanism
-                        else self._pick(fmechs, None, "forward", progress)
-                    )
-                    new_forwards.append(fmech.add(f))
-                except VmkitError as e:
-                    problems.append(f"forward {f.host_port}: {e}")
-                    new_forwards.append(f)
-            self.record.shares = new_shares
-            self.record.forwards = new_forwards
-            state.save(self.record)
-        return problems
+            settled = self._settle(progress)
+            if self.is_running():
+                fixed, problems = self._reapply_locked(progress)
+                settled.fixed.extend(fixed)
+                settled.problems.extend(problems)
+            return settled
+
+    def reapply(self, *, progress: Progress = no_progress) -> list[str]:
+        """Put the desired shares and forwards in place after a boot; return one line per failure."""
+        with state.locked(self.name):
+            self.reload()
+            try:
+                settled = self._settle(progress)
+            except VmkitError as e:  # the boot itself went well: report, and carry on
+                settled = reconcile.Settled(problems=[e])
+            _, problems = self._reapply_locked(progress)
+            return [str(e) for e in settled.problems + problems]
+
+    def _reapply_locked(self, progress: Progress) -> tuple[list[str], list[VmkitError]]:
+        """Add the wanted shares and forwards that are not in place: (what was put back, failures)."""
+        fixed: list[str] = []
+        problems: list[VmkitError] = []
+        smechs = self._share_mechs()
+        fmechs = self._forward_mechs()
+        active_s = {(s.source, s.target) for m in smechs for s in m.active()}
+        active_f = {f.key for m in fmechs for f in m.active()}
+        new_shares = []
+        for s in self.record.shares:
+            if (s.source, s.target) in active_s:
+                new_shares.append(s)
+                continue
+            try:
+                progress(f"re-sharing {s.source}")
+                mech = (
+                    self._mech_named(smechs, s.mechanism)
+                    if s.mechanism
+                    else self._pick(smechs, None, "share", progress)
+                )
+                if s.mechanism:
+                    mech.remove(s)  # what a killed start or repair made of it, if anything
+                new_shares.append(mech.add(attrs.evolve(s, tag="")))
+                fixed.append(f"put back the share of {s.source} ({mech.name})")
+            except VmkitError as e:
+                problems.append(type(e)(f"share {s.source}: {e.message}", hint=e.hint))
+                new_shares.append(s)
+        new_forwards = []
+        for f in self.record.forwards:
+            if f.key in active_f:
+                new_forwards.append(f)
+                continue
+            try:
+                progress(f"re-forwarding port {f.host_port}")
+                fmech = (
+                    self._mech_named(fmechs, f.mechanism)
+                    if f.mechanism
+                    else self._pick(fmechs, None, "forward", progress)
+                )
+                new_forwards.append(fmech.add(f))
+                fixed.append(f"put back the forward of port {f.host_port} ({fmech.name})")
+            except VmkitError as e:
+                problems.append(type(e)(f"forward {f.host_port}: {e.message}", hint=e.hint))
+                new_forwards.append(f)
+        self.record.shares = new_shares
+        self.record.forwards = new_forwards
+        state.save(self.record)
+        return fixed, problems
+
+
+def _refuse_if_blocked(settled: reconcile.Settled, blocks: Callable[[object], bool]) -> None:
+    """A leftover in the way of this share or forward could not be removed: say why and
+    change nothing; other leftovers that stay are only reported."""
+    for spec, e in settled.blocked:
+        if blocks(spec):
+            raise e
+    for e in settled.problems:
+        log.warning(str(e))
 
 
 # -- module-level API ---------------------------------------------------------------------

@@ -16,7 +16,7 @@ _VM = click.option(
 
 def register(group: click.Group) -> None:
     """Add this module's commands to ``group``."""
-    for cmd in (share, unshare, shares, forward, unforward, forwards, attach):
+    for cmd in (share, unshare, shares, forward, unforward, forwards, repair, attach):
         group.add_command(cmd)
 
 
@@ -86,6 +86,14 @@ def shares(vm_name: str | None) -> None:
             "yes" if (s.source, s.target) in active else "[red]no[/]",
         )
     console.print(table)
+    _orphans(vm, shares=True)
+
+
+def _orphans(vm: api.VM, *, shares: bool) -> None:
+    """What killed commands left (of shares, or of forwards), one line each."""
+    for o in vm.orphans():
+        if (o.leftover.share is not None) == shares:
+            err_console.print(o.advice(vm.name), markup=False, soft_wrap=True)
 
 
 def _when(vm: api.VM) -> str:
@@ -186,6 +194,7 @@ def forwards(vm_name: str | None) -> None:
             "yes" if f.key in active else "[red]no[/]",
         )
     console.print(table)
+    _orphans(vm, shares=False)
 
 
 def _virtualbox_forwards(vm: api.VM) -> None:
@@ -228,6 +237,25 @@ def _virtualbox_forwards(vm: api.VM) -> None:
         )
     if not views:
         console.print(f"VM {vm.name!r} has no NAT port-forwarding rules", markup=False)
+    _orphans(vm, shares=False)
+
+
+@click.command()
+@click.argument("name", required=False)
+def repair(name: str | None) -> None:
+    """Make VM NAME match its record: remove what interrupted commands left (QEMU devices,
+    forwarding rules, helper processes, guest mounts, VirtualBox folders and NAT rules), finish
+    interrupted removals, and put back wanted shares and forwards that are missing."""
+    vm = api.resolve(name)
+    done = vm.repair(progress=progress_printer())
+    for line in done.fixed:
+        console.print(f"[green]✓[/] {line}", soft_wrap=True, highlight=False)
+    for e in done.problems:
+        err_console.print(f"problem: {e}", markup=False, soft_wrap=True)
+    if not done.fixed and not done.problems:
+        console.print(f"VM {vm.name!r} matches its record: nothing to repair", markup=False)
+    if done.problems:
+        raise SystemExit(1)
 
 
 @click.command()

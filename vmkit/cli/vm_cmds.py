@@ -11,6 +11,7 @@ from rich.table import Table
 
 import vmkit.vm as api
 from vmkit.cli.render import console, err_console, progress_printer, state_text
+from vmkit.errors import VmkitError
 from vmkit.host.runner import which
 
 
@@ -144,6 +145,26 @@ def status(name: str | None) -> None:
             )
         for helper, pid in vm.helpers().items():
             console.print(f"  helper: {helper} (pid {pid}){_held(vm, helper)}", markup=False)
+        _leftovers(vm)
+
+
+def _leftovers(vm: api.VM) -> None:
+    """What interrupted commands left, and their unfinished changes."""
+    try:
+        orphans = vm.orphans()
+    except VmkitError as e:
+        console.print(f"  problem: could not look for leftovers: {e}", markup=False)
+        orphans = []
+    for o in orphans:
+        console.print(f"  {o.advice(vm.name)}", markup=False, soft_wrap=True)
+    shown = {o.intent for o in orphans}
+    for i in vm.record.pending:
+        if i not in shown:
+            console.print(
+                f"  unfinished: {i.describe()} (pid {i.pid}); the next change or "
+                f"`vmkit repair {vm.name}` settles it",
+                markup=False,
+            )
 
 
 def _held(vm: api.VM, helper: str) -> str:

@@ -4,20 +4,44 @@ A mechanism is built by a provider for one VM (it holds what it needs: the QMP s
 VBoxManage name, an SSH session factory). ``add`` either completes or rolls back what it did;
 ``remove`` is idempotent; ``active`` reports what is really in place, read from the hypervisor
 and the guest, so vmkit can compare it with the desired state.
+
+Everything a mechanism makes is named after the share or forward (a virtio-fs tag from the
+guest path, a rule name from the host port), so ``leftovers`` can find what a killed command
+left, by name, and hand back specs that ``remove`` clears.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import attrs
 
+from vmkit.errors import ShareBusy
 from vmkit.guest.ssh import SSHSession
 from vmkit.state import ForwardSpec, ShareSpec
 
 
+@attrs.frozen
+class Leftover:
+    """A piece of a share or forward that exists although the VM's record does not want it
+    (left by a command that was killed); ``remove(share or forward)`` clears it."""
+
+    mechanism: str
+    what: str  # "chardev chr-vmkit-…", "virtiofsd (pid 123)", "guest mount /data", ...
+    share: ShareSpec | None = None
+    forward: ForwardSpec | None = None
+
+
 class ShareMechanism(Protocol):
     name: str
+
+    def planned(self, spec: ShareSpec) -> ShareSpec:
+        """``spec`` with ``mechanism`` and ``tag`` as ``add`` will fill them in (written to
+        the record's intent before ``add`` begins, so a killed ``add`` is found by name)."""
+
+    def leftovers(self, wanted: Sequence[ShareSpec]) -> list[Leftover]:
+        """What this mechanism has in place that is none of ``wanted``."""
 
     def check(self) -> None:
         """Raise ``NotSupported`` / ``GuestModuleMissing`` if this mechanism cannot be used now."""
@@ -35,6 +59,9 @@ class ShareMechanism(Protocol):
 
 class ForwardMechanism(Protocol):
     name: str
+
+    def leftovers(self, wanted: Sequence[ForwardSpec]) -> list[Leftover]:
+        """What this mechanism forwards that is none of ``wanted``."""
 
     def add(self, spec: ForwardSpec) -> ForwardSpec:
         """Start forwarding; return the spec with ``mechanism`` filled in."""
@@ -102,3 +129,71 @@ def unmount(ssh: SSHSession, target: str) -> None:
     r = ssh.run(["umount", "--", target], sudo=True, check=False)
     if r.exit_code != 0:
         ssh.run(["umount", "-l", "--", target], sudo=True)
+
+
+#: Lists the guest processes that keep a mount in use: those with a file, working folder or
+#: root under it, and those in another mount namespace (a container) that has it mounted.
+#: Prints "PID COMMAND CONTAINER" lines; CONTAINER is the Docker container id or "-".
+_HOLDERS = r"""
+t=$1; src=$2; fs=$3; me=$(readlink /proc/1/ns/mnt)
+for p in /proc/[0-9]*; do
+  pid=${p#/proc/}; hit=
+  ns=$(readlink $p/ns/mnt 2>/dev/null) || continue
+  if [ "$ns" != "$me" ]; then
+    grep -Fqs " - $fs $src " $p/mountinfo && hit=1
+  else
+    for f in $p/cwd $p/root $p/fd/*; do
+      l=$(readlink "$f" 2>/dev/null) || continue
+      case "$l" in "$t"|"$t"/*) hit=1; break;; esac
+    done
+  fi
+  [ -n "$hit" ] || continue
+  c=$(sed -n 's,.*docker[-/]\([0-9a-f]\{12\}\).*,\1,p' $p/cgroup 2>/dev/null | head -n1)
+  echo "$pid $(cat $p/comm 2>/dev/null) ${c:--}"
+done
+"""
+
+
+def mount_holders(ssh: SSHSession, mount: GuestMount) -> list[str]:
+    """Who keeps ``mount`` busy in the guest: ``process 812 (sleep) in container 3f2a…``."""
+    argv = ["sh", "-c", _HOLDERS, "sh", mount.target, _escape_mount(mount.source), mount.fstype]
+    out = ssh.run(argv, sudo=True, check=False).stdout
+    holders = []
+    for line in out.splitlines():
+        pid, _, rest = line.partition(" ")
+        comm, _, container = rest.rpartition(" ")
+        where = f" in container {container}" if container not in ("", "-") else ""
+        holders.append(f"process {pid} ({comm}){where}")
+    return holders
+
+
+def release_mount(ssh: SSHSession, target: str) -> None:
+    """Unmount ``target`` in the guest, refusing (``ShareBusy``) while something uses it.
+
+    Used for leftovers: a busy mount is not forced away (a container would keep a dead
+    folder); the error names who holds it and what to do.
+    """
+    mount = next((m for m in reversed(guest_mounts(ssh)) if m.target == target), None)
+    if mount is None:
+        return
+    holders = mount_holders(ssh, mount)
+    if not holders and ssh.run(["umount", "--", target], sudo=True, check=False).ok:
+        return
+    if not holders:
+        holders = mount_holders(ssh, mount)
+    containers = sorted({h.rsplit(" ", 1)[-1] for h in holders if " in container " in h})
+    what = ", ".join(holders) or "a process vmkit could not name"
+    stop = (
+        f"stop the container ({'; '.join(f'vmkit docker -- stop {c}' for c in containers)})"
+        if containers
+        else "end those processes or leave the folder"
+    )
+    raise ShareBusy(
+        f"the guest mount {target} (left by an interrupted command) is in use by {what}",
+        hint=f"{stop}, then run `vmkit repair`",
+    )
+
+
+def _escape_mount(field: str) -> str:
+    # The inverse of _unescape_mount for what mountinfo writes escaped.
+    return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in field)

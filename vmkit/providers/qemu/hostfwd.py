@@ -7,10 +7,12 @@ it failed, so the text is what is checked.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import attrs
 
 from vmkit.errors import PortInUse, QMPError
+from vmkit.mechanisms.base import Leftover
 from vmkit.providers.qemu.argv import NETDEV_ID
 from vmkit.providers.qemu.qmp import QMP
 from vmkit.state import ForwardSpec, VMRecord
@@ -61,4 +63,13 @@ class HostFwd:
             ForwardSpec(host_port=hp, guest_port=gp, proto=proto, host_ip=ip, mechanism=self.name)
             for proto, ip, hp, gp in parse_usernet(self._hmp("info usernet"))
             if not (proto == "tcp" and hp == ssh_port and gp == 22)
+        ]
+
+    def leftovers(self, wanted: Sequence[ForwardSpec]) -> list[Leftover]:
+        """QEMU's forwarding rules none of ``wanted`` accounts for (the SSH rule excepted)."""
+        keep = {f.key for f in wanted if f.mechanism == self.name}
+        return [
+            Leftover(self.name, f"hostfwd rule {f.proto}:{f.host_ip}:{f.host_port}", forward=f)
+            for f in self.active()
+            if f.key not in keep
         ]

@@ -3,6 +3,11 @@
 Each ``QMP`` owns a private event loop; every failure (connect, timeout, a command QEMU
 refused, the socket closing) comes out as ``vmkit.errors.QMPError`` with what was sent and
 what came back.
+
+QEMU's monitor serves one client at a time: a second one waits, unanswered, until the first
+disconnects. So a connection holds the VM's ``qmp.lock`` (a file lock beside the socket) from
+connect to close, and vmkit processes queue for it instead of timing out on a monitor that is
+busy with another's ``device_del`` (which waits seconds for the guest).
 """
 
 from __future__ import annotations
@@ -13,20 +18,30 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from filelock import FileLock, Timeout
 from qemu.qmp import ConnectError, ExecuteError, QMPClient
 from qemu.qmp.error import QMPError as _LibQMPError
 
 from vmkit.errors import QMPError
+from vmkit.home import InstanceFiles
 
 T = TypeVar("T")
+
+#: How long a vmkit process waits for another one's monitor session (a ``device_del`` that
+#: waits for the guest takes up to ~15 s) before it reports the monitor as busy.
+LOCK_WAIT = 60.0
 
 
 class QMP:
     """A connection to one QEMU monitor socket. Use as a context manager."""
 
-    def __init__(self, socket: Path, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, socket: Path, *, timeout: float = 10.0, lock_wait: float = LOCK_WAIT
+    ) -> None:
         self.socket = socket
         self.timeout = timeout
+        self.lock_wait = lock_wait
+        self._lock = FileLock(str(InstanceFiles(socket.parent).qmp_lock))
         self._loop = asyncio.new_event_loop()
         self._client = QMPClient(f"vmkit:{socket.parent.name}")
         self._listener: Any = None
@@ -54,7 +69,20 @@ class QMP:
             raise QMPError(
                 f"QEMU's monitor socket {self.socket} does not exist (is the VM running?)"
             )
-        self._sync(self._client.connect(str(self.socket)), timeout=self.timeout, sent="connect")
+        try:
+            self._lock.acquire(timeout=self.lock_wait)
+        except Timeout as e:
+            raise QMPError(
+                f"QEMU's monitor at {self.socket} is busy: another vmkit command has used it "
+                f"for over {self.lock_wait:g} s",
+                sent="connect",
+                hint="try again in a moment",
+            ) from e
+        try:
+            self._sync(self._client.connect(str(self.socket)), timeout=self.timeout, sent="connect")
+        except BaseException:
+            self._lock.release()
+            raise
         self._listener = self._client.events
         return self
 
@@ -62,6 +90,8 @@ class QMP:
         with contextlib.suppress(Exception):
             self._loop.run_until_complete(asyncio.wait_for(self._client.disconnect(), 2.0))
         self._loop.close()
+        if self._lock.is_locked:
+            self._lock.release(force=True)
 
     def __enter__(self) -> QMP:
         return self.connect()

@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import attrs
@@ -20,10 +21,21 @@ import attrs
 from vmkit.errors import GuestModuleMissing, NotSupported, ProviderError, QMPError, VmkitError
 from vmkit.guest.ssh import SSHSession
 from vmkit.host import procs
+from vmkit.host.faults import point
 from vmkit.host.runner import spawn
-from vmkit.mechanisms.base import guest_mountpoints, prepare_mountpoint, unmount
+from vmkit.mechanisms.base import (
+    Leftover,
+    guest_mountpoints,
+    guest_mounts,
+    prepare_mountpoint,
+    unmount,
+)
 from vmkit.providers.qemu.qmp import QMP
 from vmkit.state import ShareSpec, VMRecord
+
+#: Every name vmkit gives a share's pieces holds its tag: chardev ``chr-TAG``, device
+#: ``dev-TAG``, files ``virtiofs-TAG.{sock,pid,log}``, and the guest mount's source is TAG.
+_TAG = re.compile(r"vmkit-[0-9a-f]{12}")
 
 VIRTIOFSD_PATHS = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/virtiofsd")
 
@@ -72,6 +84,9 @@ class VirtioFS:
         if r.exit_code != 0:
             raise GuestModuleMissing(f"the guest has no virtiofs module: {r.stderr.strip()}")
 
+    def planned(self, spec: ShareSpec) -> ShareSpec:
+        return attrs.evolve(spec, mechanism=self.name, tag=share_tag(spec.target))
+
     def add(self, spec: ShareSpec) -> ShareSpec:
         files = self.record.files
         tag = share_tag(spec.target)
@@ -99,6 +114,7 @@ class VirtioFS:
             pidfile.write_text(str(proc.pid))
             undo.append(lambda: _stop_daemon(pidfile, sock))
             _wait_socket(sock, proc.pid, timeout=10)
+            point("virtiofs:daemon")
             with self._qmp() as q:
                 q.execute(
                     "chardev-add",
@@ -114,6 +130,7 @@ class VirtioFS:
                     },
                 )
                 undo.append(lambda: self._chardev_remove(tag))
+                point("virtiofs:chardev")
                 q.execute(
                     "device_add",
                     {
@@ -124,6 +141,7 @@ class VirtioFS:
                     },
                 )
                 undo.append(lambda: self._device_del(tag))
+                point("virtiofs:device")
             ssh = self.ssh()
             prepare_mountpoint(ssh, spec.target)
             opts = ["-o", "ro"] if spec.readonly else []
@@ -151,12 +169,52 @@ class VirtioFS:
 
     def remove(self, spec: ShareSpec) -> None:
         tag = spec.tag or share_tag(spec.target)
-        with contextlib.suppress(VmkitError):
-            unmount(self.ssh(), spec.target)
+        if spec.target:
+            with contextlib.suppress(VmkitError):
+                unmount(self.ssh(), spec.target)
+        point("virtiofs:unmounted")
         self._device_del(tag)
+        point("virtiofs:device-deleted")
         self._chardev_remove(tag)
+        point("virtiofs:chardev-removed")
         files = self.record.files
         _stop_daemon(files.virtiofs_pid(tag), files.virtiofs_sock(tag))
+
+    def leftovers(self, wanted: Sequence[ShareSpec]) -> list[Leftover]:
+        """Pieces of virtio-fs shares none of ``wanted`` accounts for, found by their names:
+        QEMU's chardevs and devices, ``virtiofsd`` processes (pid files and command lines),
+        their sockets, and guest mounts."""
+        keep = {s.tag or share_tag(s.target) for s in wanted if s.mechanism == self.name}
+        with self._qmp() as q:
+            chardevs = {str(c["label"]) for c in q.execute("query-chardev")}
+            devices = {
+                str(d["name"]) for d in q.execute("qom-list", {"path": "/machine/peripheral"})
+            }
+        mounts = {
+            m.source: m.target
+            for m in guest_mounts(self.ssh())
+            if m.fstype == "virtiofs" and _TAG.fullmatch(m.source)
+        }
+        files = self.record.files
+        daemons = _daemons(files.dir)
+        pieces: dict[str, list[str]] = {}
+        for tag, target in mounts.items():
+            pieces.setdefault(tag, []).append(f"guest mount {target}")
+        for kind, prefix, names in (("device", "dev-", devices), ("chardev", "chr-", chardevs)):
+            for n in sorted(names):
+                if n.startswith(prefix) and _TAG.fullmatch(n[len(prefix) :]):
+                    pieces.setdefault(n[len(prefix) :], []).append(f"{kind} {n}")
+        for tag, pid in daemons.items():
+            pieces.setdefault(tag, []).append(f"virtiofsd (pid {pid})")
+        for f in sorted(files.dir.glob("virtiofs-vmkit-*")):
+            m = _TAG.search(f.name)
+            if m and m.group() not in daemons and f.suffix in (".sock", ".pid"):
+                pieces.setdefault(m.group(), []).append(f"stale file {f.name}")
+        out = []
+        for tag in sorted(set(pieces) - keep):
+            spec = ShareSpec(source="", target=mounts.get(tag, ""), mechanism=self.name, tag=tag)
+            out += [Leftover(self.name, what, share=spec) for what in pieces[tag]]
+        return out
 
     def active(self) -> list[ShareSpec]:
         with self._qmp() as q:
@@ -190,6 +248,18 @@ class VirtioFS:
             except QMPError as e:
                 if "not found" not in str(e).lower():
                     raise
+
+
+def _daemons(folder: Path) -> dict[str, int]:
+    """Running virtiofsd of a VM folder by tag, from pid files and from command lines
+    (a command killed between starting one and writing its pid file leaves no pid file)."""
+    found: dict[str, int] = {}
+    for pid in procs.find(str(folder / "virtiofs-")):
+        for arg in procs.cmdline(pid) or []:
+            m = _TAG.search(arg)
+            if arg.startswith("--socket-path=") and m:
+                found.setdefault(m.group(), pid)
+    return found
 
 
 def _fuse_opt_escape(value: str) -> str:

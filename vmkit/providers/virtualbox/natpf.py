@@ -12,9 +12,13 @@ NAT card. The rule that carries SSH is never reported as a forward, and removing
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import attrs
 
 from vmkit.errors import ForwardExists, InvalidInput, NotSupported, PortInUse
+from vmkit.host.faults import point
+from vmkit.mechanisms.base import Leftover
 from vmkit.progress import Progress, no_progress
 from vmkit.providers.virtualbox.nat import host_port_free, ssh_rule
 from vmkit.providers.virtualbox.parsers import NatRule, VMInfo
@@ -149,6 +153,7 @@ class NatPF:
             str(spec.guest_port),
         ]
         self.vbm.natpf(self.vm, running=info.running, nic=nic, rule=fields)
+        point("natpf:rule")
         if not info.running:
             self.progress(
                 f"VM {self.vm!r} is stopped: forward of host port {spec.host_port} saved, applied at next start"
@@ -185,3 +190,17 @@ class NatPF:
         info = self._info()
         ssh = ssh_rule(info, self.ssh_port)
         return [_spec_of(r) for r in info.rules if r is not ssh]
+
+    def leftovers(self, wanted: Sequence[ForwardSpec]) -> list[Leftover]:
+        """Rules named by vmkit (``vmkit-PROTO-PORT``) that none of ``wanted`` accounts for;
+        rules of other tools are theirs, and the SSH rule is never one."""
+        keep = {f.key for f in wanted}
+        info = self._info()
+        ssh = ssh_rule(info, self.ssh_port)
+        return [
+            Leftover(self.name, f"NAT rule {r.name!r} on NIC {r.nic}", forward=_spec_of(r))
+            for r in info.rules
+            if r.name.startswith(RULE_PREFIX)
+            and r is not ssh
+            and (r.proto, r.host_port) not in keep
+        ]

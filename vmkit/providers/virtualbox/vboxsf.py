@@ -9,15 +9,17 @@ again, so nothing is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import attrs
 
-from vmkit.errors import GuestModuleMissing, InvalidInput, ShareExists, VMNotFound
+from vmkit.errors import GuestModuleMissing, InvalidInput, ShareExists, SSHError, VMNotFound
 from vmkit.guest.ssh import SSHSession
-from vmkit.mechanisms.base import guest_mounts, prepare_mountpoint, unmount
+from vmkit.host.faults import point
+from vmkit.mechanisms.base import Leftover, guest_mounts, prepare_mountpoint, unmount
 from vmkit.progress import Progress, no_progress
 from vmkit.providers.virtualbox.parsers import SharedFolder, VMInfo
 from vmkit.providers.virtualbox.vboxmanage import VBoxManage
@@ -90,6 +92,9 @@ class VBoxSF:
             return int(fields[2])
         return 1000
 
+    def planned(self, spec: ShareSpec) -> ShareSpec:
+        return attrs.evolve(spec, mechanism=self.name, tag=spec.tag or share_tag(spec.target))
+
     def add(self, spec: ShareSpec) -> ShareSpec:
         """Share ``spec.source`` at ``spec.target``: mounted now if the VM runs, else at next start."""
         source = os.path.abspath(spec.source)
@@ -143,6 +148,7 @@ class VBoxSF:
                 "--transient",
                 *self._ro(spec),
             )
+            point("vboxsf:folder")
         try:
             prepare_mountpoint(ssh, spec.target)
             opts = f"uid={self.uid},gid={self._gid(ssh)}" + (",ro" if spec.readonly else "")
@@ -170,7 +176,9 @@ class VBoxSF:
             return
         folders: list[SharedFolder] = [f for f in info.folders if f.name == tag]
         if info.running:
-            unmount(self.ssh(), spec.target)
+            if spec.target:
+                unmount(self.ssh(), spec.target)
+            point("vboxsf:unmounted")
             for f in folders:
                 if f.transient:
                     self._drop(tag, transient=True)
@@ -202,4 +210,26 @@ class VBoxSF:
             if tag in paths:
                 ro = "ro" in opts.split(",")
                 out.append(ShareSpec(paths[tag], target, readonly=ro, mechanism=self.name, tag=tag))
+        return out
+
+    def leftovers(self, wanted: Sequence[ShareSpec]) -> list[Leftover]:
+        """VirtualBox folders named by vmkit (``vmkit_…``) and their guest mounts that none of
+        ``wanted`` accounts for; folders of other tools are theirs."""
+        keep = {s.tag or share_tag(s.target) for s in wanted if s.mechanism == self.name}
+        info = self.vbm.find(self.vm)
+        if info is None:
+            return []
+        mounts: dict[str, str] = {}
+        if info.running:
+            # A VM vmkit has no SSH access to yet: its folders are still found.
+            with contextlib.suppress(SSHError):
+                mounts = {tag: t for t, (tag, _) in vboxsf_mounts(self.ssh()).items()}
+        out = []
+        for f in info.folders:
+            if f.name.startswith("vmkit_") and f.name not in keep:
+                spec = ShareSpec(f.path, mounts.get(f.name, ""), mechanism=self.name, tag=f.name)
+                kind = "transient folder" if f.transient else "saved folder"
+                out.append(Leftover(self.name, f"VirtualBox {kind} {f.name} ({f.path})", spec))
+                if f.name in mounts:
+                    out.append(Leftover(self.name, f"guest mount {mounts[f.name]}", spec))
         return out
