@@ -52,10 +52,11 @@ class HashingReader(io.RawIOBase):
 class HashingWriter(io.RawIOBase):
     """Writes to ``raw``, hashing every byte; ``count`` is the bytes written so far."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: IO[bytes], *, on_write: Callable[[int], None] | None = None) -> None:
         self.raw = raw
         self.sha = hashlib.sha256()
         self.count = 0
+        self.on_write = on_write
 
     def writable(self) -> bool:
         return True
@@ -64,6 +65,8 @@ class HashingWriter(io.RawIOBase):
         n = self.raw.write(b)
         self.sha.update(b)
         self.count += len(b)
+        if self.on_write is not None:
+            self.on_write(len(b))
         return n if n is not None else len(b)
 
     def hexdigest(self) -> str:

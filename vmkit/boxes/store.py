@@ -25,7 +25,7 @@ import tarfile
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -417,13 +417,20 @@ def same_build(box: Box, files: Mapping[str, Any]) -> bool:
     )
 
 
-def import_box(name: str, arch: str, src: IO[bytes]) -> Box:
+def import_box(
+    name: str,
+    arch: str,
+    src: IO[bytes],
+    *,
+    before_publish: Callable[[], None] | None = None,
+) -> Box:
     """Install box ``name``/``arch`` into the cache from an ``export_box`` tar read from ``src``.
 
     Read once as a stream; each file is hashed as it is written and checked against the
     manifest in the tar, and the box appears by one rename only when all match (an
-    interruption leaves nothing ``find`` accepts). Replacing another build of the box is
-    refused while QEMU VMs use it.
+    interruption leaves nothing ``find`` accepts). ``before_publish`` runs last, when every
+    file is checked (e.g. to check the whole archive's digest); raising there keeps the box
+    out. Replacing another build of the box is refused while QEMU VMs use it.
     """
     folder = box_dir(name, arch)
     if folder.exists():
@@ -434,6 +441,8 @@ def import_box(name: str, arch: str, src: IO[bytes]) -> Box:
         try:
             digests = _extract_box(src, work)
             _check_import(work, digests, name, arch)
+            if before_publish is not None:
+                before_publish()
             _publish(work, folder)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
