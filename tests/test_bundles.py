@@ -185,7 +185,7 @@ def test_a_damaged_box_archive_leaves_no_box(
     # the whole file's digest covers.
     offset = {"header": 100, "disk": archive.stat().st_size // 2, "padding": -10}[where]
     _flip(archive, offset)
-    with pytest.raises(FileDamaged, match="boxes/mini-amd64.tar has sha256"):
+    with pytest.raises(FileDamaged, match=r"boxes/mini-amd64\.tar has sha256"):
         bundles.load(made.dir)
     assert not (tmp_path / "other cache" / "boxes" / "mini" / "amd64").exists()
     assert list((tmp_path / "other cache" / "boxes" / "mini").iterdir()) == [
@@ -224,7 +224,7 @@ def test_create_refuses_a_used_folder_and_leaves_nothing_on_failure(
 
 
 def test_an_image_name_needs_a_vm(cache: Path, tmp_path: Path) -> None:
-    with pytest.raises(InvalidInput, match="image sagemath:10.4 is not a file, and no VM"):
+    with pytest.raises(InvalidInput, match=r"image sagemath:10\.4 is not a file, and no VM"):
         bundles.create(tmp_path / "b", images_=["sagemath:10.4"])
 
 
