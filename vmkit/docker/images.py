@@ -315,22 +315,31 @@ def read_archive(
     try:
         with open(path, "rb") as raw:
             src = HashingReader(raw, on_read=on_read)
+
+            def digest_matches() -> None:
+                src.drain()
+                if expect is not None:
+                    check_digest(
+                        expect.name,
+                        size=expect.size,
+                        sha256=expect.sha256,
+                        found_size=src.count,
+                        found_sha256=src.hexdigest(),
+                    )
+
             pending: bytes | None = None
-            for chunk in _tar_chunks(src, kind):
-                check.feed(chunk)
-                if pending is not None:
-                    yield pending
-                pending = chunk
-            check.finish()
-            src.drain()
-            if expect is not None:
-                check_digest(
-                    expect.name,
-                    size=expect.size,
-                    sha256=expect.sha256,
-                    found_size=src.count,
-                    found_sha256=src.hexdigest(),
-                )
+            try:
+                for chunk in _tar_chunks(src, kind):
+                    check.feed(chunk)
+                    if pending is not None:
+                        yield pending
+                    pending = chunk
+                check.finish()
+            except InvalidInput:
+                if expect is not None:
+                    digest_matches()  # a damaged file: say which, expected vs found
+                raise
+            digest_matches()
             if pending is not None:
                 yield pending
     except OSError as e:
