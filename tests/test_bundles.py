@@ -223,6 +223,15 @@ def test_create_refuses_a_used_folder_and_leaves_nothing_on_failure(
     assert not (tmp_path / "new").exists()
 
 
+def test_image_names_and_files_are_told_apart() -> None:
+    from vmkit.bundles.make import is_image_file
+
+    assert not is_image_file("ghcr.io/sagemath/sage:10.4")
+    assert not is_image_file("sagemath:10.4")
+    assert is_image_file("./gap.tar.xz") and is_image_file("gap.tar.zst")
+    assert is_image_file("/media/usb/x") and is_image_file("~/img.tgz")
+
+
 def test_an_image_name_needs_a_vm(cache: Path, tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match=r"image sagemath:10\.4 is not a file, and no VM"):
         bundles.create(tmp_path / "b", images_=["sagemath:10.4"])

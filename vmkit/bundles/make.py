@@ -37,9 +37,20 @@ def quiet(done: int, total: int, what: str) -> None:
     pass
 
 
+_ARCHIVE_NAME = re.compile(r"\.(tar|tgz)(\.(gz|xz|zst|bz2))?$")
+
+
 def is_image_file(spec: str) -> bool:
-    """Whether ``--image SPEC`` names a file (a path) rather than an image in the VM's Docker."""
-    return os.sep in spec or spec.startswith(".") or Path(spec).expanduser().is_file()
+    """Whether ``--image SPEC`` names a file rather than an image in the VM's Docker.
+
+    A file: it exists, or it starts with ``.``, ``/`` or ``~``, or its name ends like an
+    archive (``.tar``, ``.tar.zst``...). ``ghcr.io/sage/sage:10.4`` is an image name.
+    """
+    return (
+        spec.startswith((".", "/", "~"))
+        or _ARCHIVE_NAME.search(spec) is not None
+        or Path(spec).expanduser().is_file()
+    )
 
 
 def create(
