@@ -7,7 +7,6 @@ test cache with a valid manifest. Loading images into a VM is in tests/test_bund
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import lzma
 import subprocess
@@ -16,17 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.imagetar import imagetar as _imagetar
 from vmkit import bundles
 from vmkit.boxes import store
 from vmkit.bundles import manifest
 from vmkit.errors import ArchMismatch, FileDamaged, FormatTooNew, InvalidInput, NotEnoughSpace
-
-_spec = importlib.util.spec_from_file_location(
-    "_imagetar", Path(__file__).resolve().parent.parent / "bench" / "_imagetar.py"
-)
-assert _spec is not None and _spec.loader is not None
-_imagetar = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_imagetar)
 
 
 def make_box(cache: Path, name: str = "mini", arch: str = "amd64", seed: bytes = b"") -> store.Box:

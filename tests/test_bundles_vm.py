@@ -6,22 +6,15 @@ Small images only (a few MiB); the 500 MB measurement is bench/bundle.py.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 import vmkit.vm as api
+from tests.imagetar import imagetar as _imagetar
 from vmkit import bundles
 from vmkit.errors import FileDamaged, NotEnoughSpace
-
-_spec = importlib.util.spec_from_file_location(
-    "_imagetar", Path(__file__).resolve().parent.parent / "bench" / "_imagetar.py"
-)
-assert _spec is not None and _spec.loader is not None
-_imagetar = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_imagetar)
 
 pytestmark = pytest.mark.vm
 

@@ -48,6 +48,13 @@ class HashingReader(io.RawIOBase):
     def hexdigest(self) -> str:
         return self.sha.hexdigest()
 
+    def finish(self, name: str, *, size: int, sha256: str) -> None:
+        """Read to the end, then ``FileDamaged`` (naming ``name``) unless size and sha256 match."""
+        self.drain()
+        check_digest(
+            name, size=size, sha256=sha256, found_size=self.count, found_sha256=self.hexdigest()
+        )
+
 
 class HashingWriter(io.RawIOBase):
     """Writes to ``raw``, hashing every byte; ``count`` is the bytes written so far."""

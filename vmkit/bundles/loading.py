@@ -244,14 +244,7 @@ def _load_box(bundle: Bundle, item: Item, tick: _ItemMeter) -> None:
             src = HashingReader(raw, on_read=tick.on_read)
 
             def whole_file() -> None:
-                src.drain()
-                check_digest(
-                    item.file,
-                    size=item.size,
-                    sha256=item.sha256,
-                    found_size=src.count,
-                    found_sha256=src.hexdigest(),
-                )
+                src.finish(item.file, size=item.size, sha256=item.sha256)
 
             try:
                 store.import_box(

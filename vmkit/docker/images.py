@@ -31,7 +31,7 @@ import attrs
 
 from vmkit.errors import DockerError, FileDamaged, InvalidInput, VmkitError
 from vmkit.host import runner
-from vmkit.streams import HashingReader, HashingWriter, check_digest
+from vmkit.streams import HashingReader, HashingWriter
 
 if TYPE_CHECKING:
     from vmkit.vm import VM
@@ -317,15 +317,8 @@ def read_archive(
             src = HashingReader(raw, on_read=on_read)
 
             def digest_matches() -> None:
-                src.drain()
                 if expect is not None:
-                    check_digest(
-                        expect.name,
-                        size=expect.size,
-                        sha256=expect.sha256,
-                        found_size=src.count,
-                        found_sha256=src.hexdigest(),
-                    )
+                    src.finish(expect.name, size=expect.size, sha256=expect.sha256)
 
             pending: bytes | None = None
             try:
@@ -336,8 +329,7 @@ def read_archive(
                     pending = chunk
                 check.finish()
             except InvalidInput:
-                if expect is not None:
-                    digest_matches()  # a damaged file: say which, expected vs found
+                digest_matches()  # a damaged file: say which, expected vs found
                 raise
             digest_matches()
             if pending is not None:
