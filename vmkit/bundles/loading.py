@@ -122,12 +122,6 @@ def _damaged(problems: Sequence[str]) -> FileDamaged:
     return FileDamaged(f"{len(problems)} files do not match the manifest: " + "; ".join(problems))
 
 
-@attrs.frozen
-class _Plan:
-    todo: list[Item]
-    skipped: list[Item]
-
-
 def load(
     folder: str | os.PathLike[str],
     *,
