@@ -51,6 +51,7 @@ class FakeAPI:
     def __init__(self) -> None:
         self.received = bytearray()
         self.complete = False
+        self.timeout = 120.0
 
     def load_image(self, body: Iterator[bytes]) -> Iterator[dict[str, Any]]:
         for chunk in body:
@@ -278,3 +279,12 @@ def test_write_archive_compresses_hashes_and_reads_ids(tmp_path: Path) -> None:
     vm = FakeVM()
     images.load(vm, out)  # type: ignore[arg-type]
     assert bytes(vm.client.api.received) == plain.read_bytes()
+
+
+def test_the_load_waits_for_dockerd_longer_for_bigger_files(tmp_path: Path) -> None:
+    """dockerd answers after unpacking the layers: minutes under TCG for a 500 MB image."""
+    p = _packed(tmp_path, "tar")
+    vm = FakeVM()
+    images.load(vm, p)  # type: ignore[arg-type]
+    assert vm.client.api.timeout >= 300
+    assert images._load_timeout(510 << 20) > images._load_timeout(10 << 20) + 900

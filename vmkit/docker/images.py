@@ -400,6 +400,9 @@ def load(
     from vmkit.docker.client import translate
 
     client = vm.docker()
+    # dockerd answers only when it has unpacked every layer, which under TCG and a busy host
+    # took more than the client's usual 120 s after the last byte of a 510 MiB archive.
+    client.api.timeout = max(client.api.timeout, _load_timeout(total))
     started = time.monotonic()
     messages: list[str] = []
     try:
@@ -419,6 +422,11 @@ def load(
         client.close()
     images = _LOADED.findall("".join(messages))
     return LoadResult(images, total, check.total, time.monotonic() - started)
+
+
+def _load_timeout(file_bytes: int) -> float:
+    """Seconds to wait for dockerd's answer to a load: 5 min plus 2 s per MiB of the file."""
+    return 300.0 + 2.0 * file_bytes / (1 << 20)
 
 
 def _vmkit_cause(e: BaseException) -> VmkitError | None:
