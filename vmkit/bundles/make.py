@@ -93,9 +93,9 @@ def create(
     box_obj = store.find(box, arch) if box else None
     sources = [images.open_archive(s) for s in images_ if is_image_file(s)]
     vboxes = [_existing(Path(os.fspath(v)).expanduser()) for v in vagrant_boxes]
-    if vm is not None and named:
-        vm.require_running()
     known = sum(p.stat().st_size for p in vboxes) + sum(size for _, size, _ in sources)
+    if vm is not None and named:
+        known += images.image_sizes(vm, named)
     if box_obj is not None:
         known += sum(int(f["size"]) for f in box_obj.manifest["files"].values())
 

@@ -491,6 +491,27 @@ def _target(path: str | os.PathLike[str]) -> tuple[Path, str]:
     return out, kind
 
 
+def image_sizes(vm: VM, names: Iterable[str]) -> int:
+    """The bytes the images ``names`` take in the VM's Docker (about their tar's size).
+
+    ``DockerError`` naming the first one the VM does not have.
+    """
+    from vmkit.docker.client import require_image, translate
+
+    client = vm.docker()
+    try:
+        return sum(
+            int(require_image(client, vm, n, hint="see `vmkit docker -- images`").get("Size", 0))
+            for n in names
+        )
+    except VmkitError:
+        raise
+    except Exception as e:
+        raise translate(e, f"inspecting images in VM {vm.name!r}") from e
+    finally:
+        client.close()
+
+
 @attrs.frozen
 class Archive:
     """An image archive written by ``write_archive``."""
