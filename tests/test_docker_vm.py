@@ -6,7 +6,6 @@ The session's one VM (tests/vmfixtures.py). Images are built on the host in
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import time
@@ -16,18 +15,11 @@ from pathlib import Path
 import pytest
 
 import vmkit.vm as api
+from tests.imagetar import imagetar as _imagetar
 from tests.vmfixtures import SESSION_VM
 from vmkit.docker import client as dockerhost
 from vmkit.docker import images
 from vmkit.errors import DockerError, InvalidInput
-
-# bench/ holds docker.py, so it must not go on sys.path (it would shadow the docker package).
-_spec = importlib.util.spec_from_file_location(
-    "_imagetar", Path(__file__).resolve().parent.parent / "bench" / "_imagetar.py"
-)
-assert _spec is not None and _spec.loader is not None
-_imagetar = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_imagetar)
 
 pytestmark = pytest.mark.vm
 

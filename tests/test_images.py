@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import lzma
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from vmkit.docker import images
-from vmkit.errors import InvalidInput
+from vmkit.errors import FileDamaged, InvalidInput
 
 
 def image_tar(path: Path, payload: bytes = b"x" * 5000, name: str = "demo:1") -> bytes:
@@ -50,6 +51,7 @@ class FakeAPI:
     def __init__(self) -> None:
         self.received = bytearray()
         self.complete = False
+        self.timeout = 120.0
 
     def load_image(self, body: Iterator[bytes]) -> Iterator[dict[str, Any]]:
         for chunk in body:
@@ -214,3 +216,75 @@ def test_save_refuses_an_unknown_suffix(tmp_path: Path) -> None:
 
 
 assert shutil.which("zstd"), "the zstd program is needed for these tests"
+
+
+def _packed(tmp_path: Path, kind: str) -> Path:
+    data = image_tar(tmp_path / "full.tar", payload=bytes(range(256)) * 2000)
+    out = tmp_path / f"img.{kind}"
+    if kind == "gzip":
+        out.write_bytes(gzip.compress(data))
+    elif kind == "xz":
+        out.write_bytes(lzma.compress(data))
+    elif kind == "zstd":
+        subprocess.run(["zstd", "-q", "-o", str(out), str(tmp_path / "full.tar")], check=True)
+    else:
+        out.write_bytes(data)
+    return out
+
+
+@pytest.mark.parametrize("module", [True, False], ids=["zstandard", "zstd-program"])
+@pytest.mark.parametrize("kind", ["tar", "gzip", "xz", "zstd"])
+def test_expected_digest_is_checked_as_the_file_streams(
+    tmp_path: Path, kind: str, module: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not module:
+        monkeypatch.setattr(images, "_zstandard", lambda: None)
+    p = _packed(tmp_path, kind)
+    good = images.Expected("img", p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+    vm = FakeVM()
+    images.load(vm, p, expect=good)  # type: ignore[arg-type]
+    assert vm.client.api.complete
+    # Same size, another digest (the file changed after the manifest was written).
+    bad = images.Expected("images/img", good.size, "0" * 64)
+    vm = FakeVM()
+    with pytest.raises(FileDamaged, match=r"^images/img has sha256 \w+…, the manifest says 0000"):
+        images.load(vm, p, expect=bad)  # type: ignore[arg-type]
+    assert not vm.client.api.complete  # dockerd never got the whole archive
+
+
+def test_a_flipped_byte_in_compressed_data_names_the_file(tmp_path: Path) -> None:
+    p = _packed(tmp_path, "xz")
+    expect = images.Expected(
+        "images/img.xz", p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest()
+    )
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    p.write_bytes(bytes(data))
+    vm = FakeVM()
+    with pytest.raises(FileDamaged, match=r"^images/img\.xz has sha256"):
+        images.load(vm, p, expect=expect)  # type: ignore[arg-type]
+    assert not vm.client.api.complete
+
+
+def test_write_archive_compresses_hashes_and_reads_ids(tmp_path: Path) -> None:
+    plain = tmp_path / "img.tar"
+    image_tar(plain)
+    out = tmp_path / "out.tar.zst"
+    p, _, kind = images.open_archive(plain)
+    archive = images.write_archive(images.read_archive(p, kind, images.TarCheck()), out)
+    assert archive.size == out.stat().st_size
+    assert archive.sha256 == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert archive.tar_bytes == plain.stat().st_size
+    assert archive.info.tags == ["demo:1"]
+    vm = FakeVM()
+    images.load(vm, out)  # type: ignore[arg-type]
+    assert bytes(vm.client.api.received) == plain.read_bytes()
+
+
+def test_the_load_waits_for_dockerd_longer_for_bigger_files(tmp_path: Path) -> None:
+    """dockerd answers after unpacking the layers: minutes under TCG for a 500 MB image."""
+    p = _packed(tmp_path, "tar")
+    vm = FakeVM()
+    images.load(vm, p)  # type: ignore[arg-type]
+    assert vm.client.api.timeout >= 300
+    assert images._load_timeout(510 << 20) > images._load_timeout(10 << 20) + 900

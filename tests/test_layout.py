@@ -13,12 +13,23 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "vmkit"
-UPPER = ("vmkit.providers", "vmkit.vm", "vmkit.cli", "vmkit.labs", "vmkit.docker", "vmkit.boxes")
+UPPER = (
+    "vmkit.providers",
+    "vmkit.vm",
+    "vmkit.cli",
+    "vmkit.labs",
+    "vmkit.docker",
+    "vmkit.boxes",
+    "vmkit.bundles",
+)
 FORBIDDEN = {
     "host": (*UPPER, "vmkit.guest", "vmkit.mechanisms", "vmkit.agent", "vmkit.state"),
     "guest": (*UPPER, "vmkit.mechanisms", "vmkit.agent"),
     "mechanisms": UPPER,
     "agent": UPPER,
+    # Bundles are made of boxes and images, never the reverse.
+    "boxes": ("vmkit.bundles", "vmkit.cli", "vmkit.labs"),
+    "docker": ("vmkit.bundles", "vmkit.cli", "vmkit.labs"),
 }
 
 

@@ -9,7 +9,9 @@ are caught into the most specific class below and chained with ``from``.
     VmkitError
     ├── InvalidInput                    bad name, port, path, size ... from the user
     │   ├── InvalidName
-    │   └── NameAmbiguous               a name that fits several machines (name of one, UUID of another)
+    │   ├── NameAmbiguous               a name that fits several machines (name of one, UUID of another)
+    │   ├── FileDamaged                 a file missing, cut short or changed: expected vs found
+    │   └── FormatTooNew                a manifest written by a newer vmkit
     ├── NotFound
     │   ├── VMNotFound
     │   ├── BoxNotFound
@@ -27,6 +29,8 @@ are caught into the most specific class below and chained with ``from``.
     │   └── VMLocked                    another vmkit (or VirtualBox session) holds the VM
     ├── PortInUse
     ├── NotSupported                    the provider lacks the capability
+    │   └── ArchMismatch                a bundle or image for an architecture this host/VM cannot run
+    ├── NotEnoughSpace                  a disk (host or VM) has less room than the work needs
     ├── ToolError                       an external program
     │   ├── ToolMissing
     │   ├── CommandFailed               carries the whole Result
@@ -85,6 +89,18 @@ class NameAmbiguous(InvalidInput):
     """A name given by the user fits more than one machine."""
 
     default_hint = "name the machine by its UUID instead"
+
+
+class FileDamaged(InvalidInput):
+    """A file is missing, shorter or longer than recorded, or its sha256 differs."""
+
+    default_hint = "copy it again from its source"
+
+
+class FormatTooNew(InvalidInput):
+    """A manifest says it was written in a newer format than this vmkit reads."""
+
+    default_hint = "upgrade vmkit (`pip install -U vmkit`) and try again"
 
 
 class NotFound(VmkitError):
@@ -153,6 +169,16 @@ class PortInUse(VmkitError):
 
 class NotSupported(VmkitError):
     """The provider or guest lacks a capability the call needs."""
+
+
+class ArchMismatch(NotSupported):
+    """A bundle or an image is for an architecture this host or VM cannot run."""
+
+
+class NotEnoughSpace(VmkitError):
+    """A disk has less free room than the work needs; said before anything is written."""
+
+    default_hint = "free that much space (e.g. `vmkit docker -- system prune`) or use a bigger disk"
 
 
 class ToolError(VmkitError):

@@ -23,7 +23,6 @@ SSH host keys at first boot (``ssh-keygen -A``), so machines of one box do not s
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import re
 import shutil
@@ -41,6 +40,7 @@ from vmkit.errors import BoxError, InvalidInput, ToolMissing
 from vmkit.host.runner import run, which
 from vmkit.progress import Progress, no_progress
 from vmkit.providers.vagrant.vagrantfile import ruby_string
+from vmkit.streams import sha256_file
 
 if TYPE_CHECKING:
     from vmkit.boxes import Box
@@ -169,7 +169,7 @@ def package(
         with tarfile.open(partial, "w") as tar:
             for item in sorted(content.iterdir()):
                 tar.add(item, arcname=item.name)
-        digest = _sha256(partial)
+        digest = sha256_file(partial)
         partial.replace(output)
     # One metadata file per box name and folder: the libvirt and VirtualBox boxes share it.
     meta_path = output.parent / f"{box_name}.json"
@@ -287,14 +287,6 @@ def _qemu_img(args: list[str]) -> str:
 def _virtual_size(image: Path) -> int:
     info = json.loads(_qemu_img(["info", "--output=json", str(image)]))
     return int(info["virtual-size"])
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # -- libvirt ---------------------------------------------------------------------------------

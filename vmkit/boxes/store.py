@@ -21,12 +21,13 @@ import os
 import platform
 import shutil
 import sys
+import tarfile
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import attrs
 from filelock import FileLock
@@ -43,6 +44,7 @@ from vmkit.errors import (
 )
 from vmkit.host.runner import ErrorRule, run, which
 from vmkit.progress import Progress, no_progress
+from vmkit.streams import sha256_file
 
 ARCHES = ("amd64", "i386")
 MANIFEST = "manifest.json"
@@ -387,12 +389,103 @@ def verify(box: Box) -> None:
             raise BoxCorrupt(f"{path} of box {box.name} ({box.arch}) does not match its manifest")
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+# --- moving a built box between machines -----------------------------------------------------
+
+#: The files of a box, in the order they go into an export (the manifest first).
+BOX_FILES = (MANIFEST, KERNEL, INITRD, DISK)
+
+
+def export_box(box: Box, out: IO[bytes]) -> None:
+    """Write ``box`` as an uncompressed tar of its four files to ``out`` (the disk is compressed)."""
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for key in BOX_FILES:
+            info = tar.gettarinfo(str(box.dir / key), arcname=key)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with open(box.dir / key, "rb") as f:
+                tar.addfile(info, f)
+
+
+def same_build(box: Box, files: Mapping[str, Any]) -> bool:
+    """Whether ``box`` has exactly the files (sha256 and size) a manifest's ``files`` lists."""
+    mine = box.manifest.get("files", {})
+    return all(
+        isinstance(files.get(k), dict)
+        and mine.get(k, {}).get("sha256") == files[k].get("sha256")
+        and mine.get(k, {}).get("size") == files[k].get("size")
+        for k in (KERNEL, INITRD, DISK)
+    )
+
+
+def import_box(
+    name: str,
+    arch: str,
+    src: IO[bytes],
+    *,
+    before_publish: Callable[[], None] | None = None,
+) -> Box:
+    """Install box ``name``/``arch`` into the cache from an ``export_box`` tar read from ``src``.
+
+    Read once as a stream; each file is hashed as it is written and checked against the
+    manifest in the tar, and the box appears by one rename only when all match (an
+    interruption leaves nothing ``find`` accepts). ``before_publish`` runs last, when every
+    file is checked (e.g. to check the whole archive's digest); raising there keeps the box
+    out. Replacing another build of the box is refused while QEMU VMs use it.
+    """
+    folder = box_dir(name, arch)
+    if folder.exists():
+        require_unused(name, arch, "replace")
+    with _lock(folder):
+        _remove_leftovers(folder)
+        work = Path(tempfile.mkdtemp(prefix=f".{arch}.build-", dir=folder.parent))
+        try:
+            digests = _extract_box(src, work)
+            _check_import(work, digests, name, arch)
+            if before_publish is not None:
+                before_publish()
+            _publish(work, folder)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+    return find(name, arch)
+
+
+def _extract_box(src: IO[bytes], work: Path) -> dict[str, tuple[int, str]]:
+    digests: dict[str, tuple[int, str]] = {}
+    try:
+        with tarfile.open(fileobj=src, mode="r|") as tar:
+            for member in tar:
+                if member.name not in BOX_FILES or not member.isfile():
+                    raise BoxCorrupt(f"the box archive holds an unexpected member {member.name!r}")
+                data = tar.extractfile(member)
+                assert data is not None
+                h = hashlib.sha256()
+                with open(work / member.name, "wb") as out:
+                    while chunk := data.read(1 << 20):
+                        h.update(chunk)
+                        out.write(chunk)
+                os.chmod(work / member.name, 0o644)
+                digests[member.name] = (member.size, h.hexdigest())
+    except tarfile.TarError as e:
+        raise BoxCorrupt(f"the box archive is damaged or cut short ({e})") from e
+    return digests
+
+
+def _check_import(work: Path, digests: Mapping[str, tuple[int, str]], name: str, arch: str) -> None:
+    if MANIFEST not in digests:
+        raise BoxCorrupt("the box archive has no manifest.json")
+    manifest = json.loads((work / MANIFEST).read_text(encoding="utf-8"))
+    files = manifest.get("files", {}) if isinstance(manifest, dict) else {}
+    if manifest.get("format") != FORMAT:
+        raise BoxCorrupt(f"the box archive of {name} ({arch}) was made by another vmkit version")
+    for key in (KERNEL, INITRD, DISK):
+        want = files.get(key, {})
+        if key not in digests:
+            raise BoxCorrupt(f"the box archive of {name} ({arch}) has no {key}")
+        if digests[key] != (want.get("size"), want.get("sha256")):
+            raise BoxCorrupt(
+                f"{key} in the box archive of {name} ({arch}) does not match its manifest"
+            )
 
 
 # --- building --------------------------------------------------------------------------------

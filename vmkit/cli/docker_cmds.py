@@ -8,17 +8,10 @@ import sys
 from collections.abc import Sequence
 
 import click
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from rich.progress import DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 import vmkit.vm as api
-from vmkit.cli.render import console, err_console, progress_printer
+from vmkit.cli.render import console, err_console, progress_printer, transfer_columns
 from vmkit.docker import client as dockerhost
 from vmkit.docker import env as shellenv
 from vmkit.docker import images
@@ -162,14 +155,7 @@ def image_load(file: str, vm_name: str | None) -> None:
     """Load FILE (.tar, .tar.gz, .tar.xz, .tar.zst, from `docker save`) into the VM."""
     vm = api.resolve(vm_name)
     vm.require_running()
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=err_console, transient=False) as bar:
+    with Progress(*transfer_columns(), console=err_console, transient=False) as bar:
         task = bar.add_task(f"loading {os.path.basename(file)}", total=None)
 
         def show(done: int, total: int) -> None:

@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "vmkit.cli.host_cmds",
     "vmkit.cli.docker_cmds",
     "vmkit.cli.lab_cmds",
+    "vmkit.cli.bundle_cmds",
 ]
 
 

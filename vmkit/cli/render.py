@@ -6,6 +6,14 @@ import logging
 import time
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    ProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from vmkit.progress import Progress
 from vmkit.providers.base import Status, VMState
@@ -27,6 +35,17 @@ def state_text(st: Status) -> str:
     colour = _COLOURS.get(st.state, "default")
     detail = f" ({st.detail})" if st.detail else ""
     return f"[{colour}]{st.state.value}[/]{detail}"
+
+
+def transfer_columns() -> tuple[ProgressColumn, ...]:
+    """A rich progress bar for bytes: what, bar, MiB done/total, MiB/s, time left."""
+    return (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
 
 
 def progress_printer() -> Progress:

@@ -252,12 +252,12 @@ def docker_client(vm: VM, *, timeout: float = 120) -> docker.DockerClient:
     return client
 
 
-def require_image(client: docker.DockerClient, vm: VM, image: str, *, hint: str) -> None:
-    """``DockerError`` naming the VM if ``image`` is not in its Docker."""
+def require_image(client: docker.DockerClient, vm: VM, image: str, *, hint: str) -> dict[str, Any]:
+    """``image``'s inspect data, or ``DockerError`` naming the VM if it is not in its Docker."""
     import docker.errors
 
     try:
-        client.api.inspect_image(image)
+        return dict(client.api.inspect_image(image))
     except docker.errors.ImageNotFound:
         raise DockerError(f"image {image!r} is not in VM {vm.name!r}", hint=hint) from None
 

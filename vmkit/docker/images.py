@@ -17,23 +17,38 @@ import bz2
 import contextlib
 import gzip
 import importlib
+import json
 import lzma
 import os
 import re
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import attrs
 
-from vmkit.errors import DockerError, InvalidInput, VmkitError
+from vmkit.errors import DockerError, FileDamaged, InvalidInput, VmkitError
 from vmkit.host import runner
+from vmkit.streams import HashingReader, HashingWriter
 
 if TYPE_CHECKING:
     from vmkit.vm import VM
 
-__all__ = ["LoadResult", "TarCheck", "detect_compression", "load", "save"]
+__all__ = [
+    "Archive",
+    "Expected",
+    "ImageInfo",
+    "LoadResult",
+    "TarCheck",
+    "detect_compression",
+    "load",
+    "read_archive",
+    "save",
+    "save_archive",
+    "write_archive",
+]
 
 CHUNK = 1 << 20
 Progress = Callable[[int, int], None]  # (bytes of the file done, file size)
@@ -70,12 +85,21 @@ class TarCheck:
     holding a Docker image (``manifest.json`` or ``repositories`` at the top level).
     """
 
+    #: Members up to this size are kept (``small``): manifest.json, image configs.
+    KEEP = 256 << 10
+    #: ... and at most this much of them in all, so memory stays flat.
+    KEEP_TOTAL = 16 << 20
+
     def __init__(self) -> None:
         self.names: list[str] = []
         self.ended = False  # a zero block where a header was due: the end-of-archive marker
         self._skip = 0  # data bytes (with padding) before the next header
         self._header = bytearray()
         self.total = 0
+        self.small: dict[str, bytes] = {}
+        self._kept = 0
+        self._want = 0  # bytes of the current member still to keep
+        self._data = bytearray()
 
     def feed(self, data: bytes) -> None:
         self.total += len(data)
@@ -85,6 +109,13 @@ class TarCheck:
                 return
             if self._skip:
                 n = min(self._skip, len(view))
+                if self._want:
+                    take = min(self._want, n)
+                    self._data += view[:take]
+                    self._want -= take
+                    if not self._want:
+                        self.small[self.names[-1].removeprefix("./")] = bytes(self._data)
+                        self._data.clear()
                 self._skip -= n
                 view = view[n:]
                 continue
@@ -109,6 +140,9 @@ class TarCheck:
         self.names.append(f"{prefix}/{name}" if prefix else name)
         size = _tar_size(block[124:136])
         self._skip = (size + 511) // 512 * 512
+        if 0 < size <= self.KEEP and self._kept + size <= self.KEEP_TOTAL:
+            self._want = size
+            self._kept += size
 
     def finish(self) -> None:
         """Raise ``InvalidInput`` unless the stream was a complete Docker image archive."""
@@ -124,6 +158,37 @@ class TarCheck:
                 hint="make it with `docker save IMAGE -o FILE.tar`",
             )
 
+    def image_info(self) -> ImageInfo:
+        """Image ids, tags and architecture, read from the archive's manifest.json and configs."""
+        try:
+            manifest = json.loads(self.small.get("manifest.json", b"[]"))
+        except ValueError:
+            manifest = []
+        ids: list[str] = []
+        tags: list[str] = []
+        arches: set[str] = set()
+        for entry in manifest if isinstance(manifest, list) else []:
+            config = str(entry.get("Config", ""))
+            # Legacy layout: "<hex>.json"; OCI layout (Docker 25+): "blobs/sha256/<hex>".
+            digest = config.removesuffix(".json").rsplit("/", 1)[-1]
+            if re.fullmatch(r"[0-9a-f]{64}", digest):
+                ids.append(f"sha256:{digest}")
+            tags += [str(t) for t in entry.get("RepoTags") or []]
+            with contextlib.suppress(ValueError, AttributeError):
+                arch = json.loads(self.small.get(config, b"{}")).get("architecture")
+                if isinstance(arch, str) and arch:
+                    arches.add(arch)
+        return ImageInfo(ids=ids, tags=tags, arches=sorted(arches))
+
+
+@attrs.frozen
+class ImageInfo:
+    """What an image archive holds: image ids (``sha256:...``), tags, CPU architectures."""
+
+    ids: list[str]
+    tags: list[str]
+    arches: list[str]
+
 
 def _tar_size(field: bytes) -> int:
     if field[0] & 0x80:  # base-256, for members of 8 GiB and more
@@ -132,35 +197,33 @@ def _tar_size(field: bytes) -> int:
     return int(text, 8) if text else 0
 
 
-def _tar_chunks(path: Path, kind: str, position: list[int]) -> Iterator[bytes]:
-    """The uncompressed tar bytes of ``path``, in chunks; ``position[0]`` is the file offset read."""
-    with open(path, "rb") as raw:
-        if kind == "zstd":
-            yield from _zstd_chunks(raw, position)
-            return
-        stream: Any = raw
-        if kind == "gzip":
-            stream = gzip.GzipFile(fileobj=raw)
-        elif kind == "xz":
-            stream = lzma.LZMAFile(raw)  # noqa: SIM115 -- closed with raw, read in a generator
-        elif kind == "bzip2":
-            stream = bz2.BZ2File(raw)
-        try:
-            while True:
-                data = stream.read(CHUNK)
-                position[0] = raw.tell()
-                if not data:
-                    return
-                yield data
-        except EOFError as e:
-            raise InvalidInput(
-                f"the {kind} stream is cut short: the file is truncated",
-                hint="copy it again from its source",
-            ) from e
-        except (OSError, lzma.LZMAError) as e:
-            raise InvalidInput(
-                f"the file is not valid {kind} data ({e})", hint="copy it again from its source"
-            ) from e
+def _tar_chunks(src: HashingReader, kind: str) -> Iterator[bytes]:
+    """The uncompressed tar bytes read through ``src``, in chunks (``src.count``: file bytes read)."""
+    if kind == "zstd":
+        yield from _zstd_chunks(src)
+        return
+    stream: Any = src
+    if kind == "gzip":
+        stream = gzip.GzipFile(fileobj=src)
+    elif kind == "xz":
+        stream = lzma.LZMAFile(cast(IO[bytes], src))  # noqa: SIM115 -- read in a generator
+    elif kind == "bzip2":
+        stream = bz2.BZ2File(src)
+    try:
+        while True:
+            data = stream.read(CHUNK)
+            if not data:
+                return
+            yield data
+    except EOFError as e:
+        raise InvalidInput(
+            f"the {kind} stream is cut short: the file is truncated",
+            hint="copy it again from its source",
+        ) from e
+    except (OSError, lzma.LZMAError) as e:
+        raise InvalidInput(
+            f"the file is not valid {kind} data ({e})", hint="copy it again from its source"
+        ) from e
 
 
 def _zstandard() -> Any:
@@ -171,14 +234,13 @@ def _zstandard() -> Any:
         return None
 
 
-def _zstd_chunks(raw: IO[bytes], position: list[int]) -> Iterator[bytes]:
+def _zstd_chunks(src: HashingReader) -> Iterator[bytes]:
     zstandard = _zstandard()
     if zstandard is not None:
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        reader = zstandard.ZstdDecompressor().stream_reader(src, read_across_frames=True)
         try:
             while True:
                 data = reader.read(CHUNK)
-                position[0] = raw.tell()
                 if not data:
                     break
                 yield data
@@ -188,19 +250,29 @@ def _zstd_chunks(raw: IO[bytes], position: list[int]) -> Iterator[bytes]:
             ) from e
         # A cut-off last frame reads as a short stream here; TarCheck notices the missing end.
         return
-    # The program shares our open file description, so our offset is its offset.
-    proc = runner.pipe_out([runner.which("zstd"), "-dc", "-q"], stdin=raw.fileno())
+    # The program reads a pipe that a thread fills from src, so every byte is hashed here.
+    feed_r, feed_w = os.pipe()
+    proc = runner.pipe_out([runner.which("zstd"), "-dc", "-q"], stdin=feed_r)
+    os.close(feed_r)
+
+    def feed() -> None:
+        with contextlib.suppress(BrokenPipeError), open(feed_w, "wb") as sink:
+            while data := src.read(CHUNK):
+                sink.write(data)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
     assert proc.stdout is not None and proc.stderr is not None
     try:
         while True:
             data = proc.stdout.read(CHUNK)
-            position[0] = os.lseek(raw.fileno(), 0, os.SEEK_CUR)
             if not data:
                 break
             yield data
     finally:
         proc.stdout.close()
         code = proc.wait()
+        feeder.join()
         err = proc.stderr.read().decode(errors="replace").strip()
         proc.stderr.close()
     if code != 0:
@@ -208,6 +280,76 @@ def _zstd_chunks(raw: IO[bytes], position: list[int]) -> Iterator[bytes]:
             f"zstd could not decompress the file: {err or f'exit {code}'}",
             hint="the file is truncated or damaged: copy it again from its source",
         )
+
+
+def open_archive(path: str | os.PathLike[str]) -> tuple[Path, int, str]:
+    """``(path, size, compression)`` of an image archive, or ``InvalidInput`` saying why not."""
+    p = Path(os.fspath(path)).expanduser()
+    try:
+        total = p.stat().st_size
+        with open(p, "rb") as f:
+            head = f.read(512)
+    except FileNotFoundError:
+        raise InvalidInput(f"{p} does not exist") from None
+    except IsADirectoryError:
+        raise InvalidInput(f"{p} is a folder, not an image archive") from None
+    except OSError as e:
+        raise InvalidInput(f"cannot read {p}: {e.strerror}") from e
+    return p, total, detect_compression(head)
+
+
+def read_archive(
+    path: Path,
+    kind: str,
+    check: TarCheck,
+    *,
+    on_read: Callable[[int], None] | None = None,
+    expect: Expected | None = None,
+) -> Iterator[bytes]:
+    """The tar bytes of the archive ``path``, each chunk fed to ``check`` before it is yielded.
+
+    The file is read once. Before the last chunk is given out the tar must be complete
+    (``check.finish``) and, with ``expect``, the file's size and sha256 must match: raising
+    there keeps a consumer (dockerd) from ever seeing the whole archive.
+    """
+    try:
+        with open(path, "rb") as raw:
+            src = HashingReader(raw, on_read=on_read)
+
+            def digest_matches() -> None:
+                if expect is not None:
+                    src.finish(expect.name, size=expect.size, sha256=expect.sha256)
+
+            pending: bytes | None = None
+            try:
+                for chunk in _tar_chunks(src, kind):
+                    check.feed(chunk)
+                    if pending is not None:
+                        yield pending
+                    pending = chunk
+                check.finish()
+            except InvalidInput:
+                digest_matches()  # a damaged file: say which, expected vs found
+                raise
+            digest_matches()
+            if pending is not None:
+                yield pending
+    except OSError as e:
+        if isinstance(e, FileNotFoundError):
+            raise FileDamaged(f"{path} is missing") from e
+        raise FileDamaged(
+            f"cannot read {path}: {e.strerror or e}",
+            hint="the disk or USB stick went away or is failing: plug it in again and repeat",
+        ) from e
+
+
+@attrs.frozen
+class Expected:
+    """The size and sha256 a file must have; ``name`` is how errors call it."""
+
+    name: str
+    size: int
+    sha256: str
 
 
 @attrs.frozen
@@ -227,46 +369,40 @@ class LoadResult:
 _LOADED = re.compile(r"^Loaded image(?: ID)?: (\S+)", re.MULTILINE)
 
 
-def load(vm: VM, path: str | os.PathLike[str], *, progress: Progress = _no_progress) -> LoadResult:
+def load(
+    vm: VM,
+    path: str | os.PathLike[str],
+    *,
+    progress: Progress = _no_progress,
+    expect: Expected | None = None,
+) -> LoadResult:
     """Load a ``docker save`` archive (plain or compressed) into the VM's Docker.
 
     ``progress(done, total)`` is called with bytes of the file read so far. ``InvalidInput``
-    for a file that is not a complete Docker image archive; nothing is loaded then.
+    for a file that is not a complete Docker image archive, ``FileDamaged`` if ``expect`` is
+    given and the file's size or sha256 differ (checked as it streams); nothing is loaded then.
     """
-    p = Path(os.fspath(path)).expanduser()
-    try:
-        total = p.stat().st_size
-        with open(p, "rb") as f:
-            head = f.read(512)
-    except FileNotFoundError:
-        raise InvalidInput(f"{p} does not exist") from None
-    except IsADirectoryError:
-        raise InvalidInput(f"{p} is a folder, not an image archive") from None
-    except OSError as e:
-        raise InvalidInput(f"cannot read {p}: {e.strerror}") from e
-    kind = detect_compression(head)
+    p, total, kind = open_archive(path)
     check = TarCheck()
-    position = [0]
+    done = [0, 0.0]
+
+    def on_read(n: int) -> None:
+        done[0] += n
+        now = time.monotonic()
+        if now - done[1] > 0.1:
+            progress(int(done[0]), total)
+            done[1] = now
 
     def body() -> Iterator[bytes]:
-        last = 0.0
-        for chunk in _tar_chunks(p, kind, position):
-            check.feed(chunk)
-            yield chunk
-            now = time.monotonic()
-            if now - last > 0.1:
-                progress(position[0], total)
-                last = now
-        # Raising here, before the generator ends, keeps the request's last chunk unsent.
-        check.finish()
+        yield from read_archive(p, kind, check, on_read=on_read, expect=expect)
         progress(total, total)
 
-    from vmkit.docker.client import docker_client, translate
+    from vmkit.docker.client import translate
 
-    # dockerd answers only after it has unpacked every layer, which follows the last byte
-    # sent; under emulation on a busy host that is well under 1 MiB/s.
-    vm.require_running()
-    client = docker_client(vm, timeout=120 + total / 2**20)
+    client = vm.docker()
+    # dockerd answers only when it has unpacked every layer, which under TCG and a busy host
+    # took more than the client's usual 120 s after the last byte of a 510 MiB archive.
+    client.api.timeout = max(client.api.timeout, _load_timeout(total))
     started = time.monotonic()
     messages: list[str] = []
     try:
@@ -286,6 +422,11 @@ def load(vm: VM, path: str | os.PathLike[str], *, progress: Progress = _no_progr
         client.close()
     images = _LOADED.findall("".join(messages))
     return LoadResult(images, total, check.total, time.monotonic() - started)
+
+
+def _load_timeout(file_bytes: int) -> float:
+    """Seconds to wait for dockerd's answer to a load: 5 min plus 2 s per MiB of the file."""
+    return 300.0 + 2.0 * file_bytes / (1 << 20)
 
 
 def _vmkit_cause(e: BaseException) -> VmkitError | None:
@@ -311,9 +452,33 @@ def save(
 
     The file appears only when complete (written beside it, then renamed). Returns tar bytes.
     """
+    return save_archive(vm, image, path, progress=progress).tar_bytes
 
+
+def save_archive(
+    vm: VM,
+    image: str,
+    path: str | os.PathLike[str],
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> Archive:
+    """``save``, returning what was written: size, sha256 and the image's ids and tags."""
     from vmkit.docker.client import require_image, translate
 
+    _target(path)
+    client = vm.docker()
+    try:
+        require_image(client, vm, image, hint="see `vmkit docker -- images`")
+        return write_archive(client.api.get_image(image, chunk_size=CHUNK), path, progress=progress)
+    except VmkitError:
+        raise
+    except Exception as e:
+        raise translate(e, f"saving {image} from VM {vm.name!r}") from e
+    finally:
+        client.close()
+
+
+def _target(path: str | os.PathLike[str]) -> tuple[Path, str]:
     out = Path(os.fspath(path)).expanduser()
     kind = _SUFFIXES.get(out.suffix)
     if kind is None:
@@ -323,29 +488,72 @@ def save(
         )
     if not out.parent.is_dir():
         raise InvalidInput(f"folder {out.parent} does not exist")
+    return out, kind
+
+
+def image_sizes(vm: VM, names: Iterable[str]) -> int:
+    """The bytes the images ``names`` take in the VM's Docker (about their tar's size).
+
+    ``DockerError`` naming the first one the VM does not have.
+    """
+    from vmkit.docker.client import require_image, translate
+
     client = vm.docker()
-    tmp = out.with_name(f".{out.name}.part")
-    written = 0
     try:
-        require_image(client, vm, image, hint="see `vmkit docker -- images`")
-        with open(tmp, "wb") as raw, _compressor(kind, raw) as sink:
-            for chunk in client.api.get_image(image, chunk_size=CHUNK):
-                sink.write(chunk)
-                written += len(chunk)
-                if progress is not None:
-                    progress(written)
-        os.replace(tmp, out)
+        return sum(
+            int(require_image(client, vm, n, hint="see `vmkit docker -- images`").get("Size", 0))
+            for n in names
+        )
     except VmkitError:
         raise
-    except OSError as e:
-        raise InvalidInput(f"cannot write {out}: {e.strerror or e}") from e
     except Exception as e:
-        raise translate(e, f"saving {image} from VM {vm.name!r}") from e
+        raise translate(e, f"inspecting images in VM {vm.name!r}") from e
     finally:
         client.close()
+
+
+@attrs.frozen
+class Archive:
+    """An image archive written by ``write_archive``."""
+
+    path: Path
+    size: int
+    sha256: str
+    tar_bytes: int
+    info: ImageInfo
+
+
+def write_archive(
+    chunks: Iterable[bytes],
+    path: str | os.PathLike[str],
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> Archive:
+    """Write the tar stream ``chunks`` to ``path``, compressed as its name says, checked and hashed.
+
+    The tar must be a whole Docker image archive (``TarCheck``); the file appears only then
+    (written beside it, then renamed). ``progress(tar bytes so far)``.
+    """
+    out, kind = _target(path)
+    tmp = out.with_name(f".{out.name}.part")
+    check = TarCheck()
+    try:
+        with open(tmp, "wb") as raw:
+            hashed = HashingWriter(raw)
+            with _compressor(kind, cast(IO[bytes], hashed)) as sink:
+                for chunk in chunks:
+                    check.feed(chunk)
+                    sink.write(chunk)
+                    if progress is not None:
+                        progress(check.total)
+            check.finish()
+        os.replace(tmp, out)
+    except OSError as e:
+        raise InvalidInput(f"cannot write {out}: {e.strerror or e}") from e
+    finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    return written
+    return Archive(out, hashed.count, hashed.hexdigest(), check.total, check.image_info())
 
 
 @contextlib.contextmanager
