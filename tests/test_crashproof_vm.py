@@ -178,3 +178,36 @@ def test_a_leftover_mount_a_container_uses_is_named_and_kept(
     done = vm.repair()
     assert done.problems == [] and done.fixed
     assert_clean(vm)
+
+
+@pytest.mark.parametrize("delay", [1.5, 3.0])
+def test_ctrl_c_during_a_share_finishes_it_or_never_starts_it(
+    vm: Any, vm_home: Path, tmp_path: Path, delay: float
+) -> None:
+    import signal
+    import time
+
+    env = dict(os.environ, VMKIT_HOME=str(vm_home))
+    p = subprocess.Popen(
+        [sys.executable, "-m", "vmkit", "share", str(tmp_path), "--vm", SESSION_VM],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(delay)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    try:
+        assert p.returncode in (0, 130), err
+        vm.reload()
+        assert vm.record.pending == [] and vm.orphans() == []
+        shared = [s.source for s in vm.record.shares]
+        active = [s.source for s in vm.active_shares()]
+        assert shared == active and shared in ([], [str(tmp_path)]), (out, err)
+        if "finishing the share" in err:
+            assert shared == [str(tmp_path)]  # held until done, then exited
+    finally:
+        if vm.record.shares:
+            vm.unshare(tmp_path)
+    assert_clean(vm)

@@ -131,32 +131,22 @@ def unmount(ssh: SSHSession, target: str) -> None:
         ssh.run(["umount", "-l", "--", target], sudo=True)
 
 
-#: Lists the guest processes that keep a mount in use: those with a file, working folder or
-#: root under it, and those in another mount namespace (a container) that has it mounted.
-#: Prints "PID COMMAND CONTAINER" lines; CONTAINER is the Docker container id or "-".
+#: Lists the guest processes that keep a mount in use: a working folder, root or open file on
+#: its filesystem (compared by device number, so a container that sees it under another path
+#: counts too). Prints "PID COMMAND CONTAINER" lines; CONTAINER is the Docker container id or "-".
 _HOLDERS = r"""
-t=$1; src=$2; fs=$3; me=$(readlink /proc/1/ns/mnt)
+dev=$(timeout 5 stat -c %d "$1") || exit 0
 for p in /proc/[0-9]*; do
-  pid=${p#/proc/}; hit=
-  ns=$(readlink $p/ns/mnt 2>/dev/null) || continue
-  if [ "$ns" != "$me" ]; then
-    grep -Fqs " - $fs $src " $p/mountinfo && hit=1
-  else
-    for f in $p/cwd $p/root $p/fd/*; do
-      l=$(readlink "$f" 2>/dev/null) || continue
-      case "$l" in "$t"|"$t"/*) hit=1; break;; esac
-    done
-  fi
-  [ -n "$hit" ] || continue
+  stat -L -c %d $p/cwd $p/root $p/fd/* 2>/dev/null | grep -qx "$dev" || continue
   c=$(sed -n 's,.*docker[-/]\([0-9a-f]\{12\}\).*,\1,p' $p/cgroup 2>/dev/null | head -n1)
-  echo "$pid $(cat $p/comm 2>/dev/null) ${c:--}"
+  echo "${p#/proc/} $(cat $p/comm 2>/dev/null) ${c:--}"
 done
 """
 
 
 def mount_holders(ssh: SSHSession, mount: GuestMount) -> list[str]:
     """Who keeps ``mount`` busy in the guest: ``process 812 (sleep) in container 3f2a…``."""
-    argv = ["sh", "-c", _HOLDERS, "sh", mount.target, _escape_mount(mount.source), mount.fstype]
+    argv = ["sh", "-c", _HOLDERS, "sh", mount.target]
     out = ssh.run(argv, sudo=True, check=False).stdout
     holders = []
     for line in out.splitlines():
@@ -192,8 +182,3 @@ def release_mount(ssh: SSHSession, target: str) -> None:
         f"the guest mount {target} (left by an interrupted command) is in use by {what}",
         hint=f"{stop}, then run `vmkit repair`",
     )
-
-
-def _escape_mount(field: str) -> str:
-    # The inverse of _unescape_mount for what mountinfo writes escaped.
-    return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in field)
