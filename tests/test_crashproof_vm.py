@@ -25,28 +25,20 @@ from vmkit.mechanisms.base import guest_mountpoints
 
 pytestmark = pytest.mark.vm
 
+# One VM boot is shared by every case, but each kill and recovery still costs tens of seconds
+# under emulation, so CI kills at the steps that left QEMU objects behind before (a chardev
+# without its device, a device without its mount, a half-deleted device) and one step of each
+# other mechanism; the VirtualBox simulator suite (tests/test_crashproof.py) covers every step.
 SHARE_STEPS = {
-    "virtiofs": [
-        "share:intent",
-        "virtiofs:daemon",
-        "virtiofs:chardev",
-        "virtiofs:device",
-        "share:added",
-    ],
-    "sshfs": ["share:intent", "share:added"],
+    "virtiofs": ["virtiofs:chardev", "virtiofs:device"],
+    "sshfs": ["share:added"],
 }
 UNSHARE_STEPS = {
-    "virtiofs": [
-        "unshare:intent",
-        "virtiofs:unmounted",
-        "virtiofs:device-deleted",
-        "virtiofs:chardev-removed",
-        "unshare:removed",
-    ],
-    "sshfs": ["unshare:intent", "unshare:removed"],
+    "virtiofs": ["virtiofs:device-deleted"],
+    "sshfs": ["unshare:intent"],
 }
-FORWARD_STEPS = ["forward:intent", "forward:added"]
-UNFORWARD_STEPS = ["unforward:intent", "unforward:removed"]
+FORWARD_STEPS = ["forward:added"]
+UNFORWARD_STEPS = ["unforward:intent"]
 FORWARDERS = ["hostfwd", "ssh-tunnel"]
 
 
@@ -180,7 +172,7 @@ def test_a_leftover_mount_a_container_uses_is_named_and_kept(
     assert_clean(vm)
 
 
-@pytest.mark.parametrize("delay", [1.5, 3.0])
+@pytest.mark.parametrize("delay", [3.0])
 def test_ctrl_c_during_a_share_finishes_it_or_never_starts_it(
     vm: Any, vm_home: Path, tmp_path: Path, delay: float
 ) -> None:
