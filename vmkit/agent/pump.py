@@ -142,6 +142,7 @@ class Tunnel:
         self.spec = attrs.evolve(spec, mechanism="ssh-tunnel")
         self._sock: socket.socket | None = None
         self._stop = threading.Event()
+        self._accepting: threading.Thread | None = None
 
     def start(self) -> None:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -156,15 +157,21 @@ class Tunnel:
         s.listen(64)
         s.settimeout(0.5)
         self._sock = s
-        threading.Thread(target=self._accept_loop, daemon=True).start()
+        self._accepting = threading.Thread(target=self._accept_loop, daemon=True)
+        self._accepting.start()
 
     def alive(self) -> bool:
         return self._sock is not None and not self._stop.is_set()
 
     def stop(self) -> None:
+        """Stop listening; the port is free when this returns."""
         self._stop.set()
         if self._sock is not None:
             self._sock.close()
+        # The accept loop's pending poll holds the listening socket until it returns (≤ 0.5 s):
+        # a forward added again on the same port right after would find it taken.
+        if self._accepting is not None and self._accepting is not threading.current_thread():
+            self._accepting.join(timeout=2)
 
     def _accept_loop(self) -> None:
         assert self._sock is not None
