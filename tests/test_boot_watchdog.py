@@ -53,7 +53,7 @@ def _no_qemu_of(name: str) -> bool:
 
 
 def _run(env: dict[str, str], tmp_path: Path, mode: str, *args: str):
-    e = dict(env, PATH=f"{_fake_folder(tmp_path)}{os.pathsep}{env['PATH']}", FAKEQEMU_SILENT=mode)
+    e = dict(env, **fakeqemu.environ(_fake_folder(tmp_path), mode))
     started = time.monotonic()
     r = subprocess.run(
         [sys.executable, "-m", "vmkit", *args], env=e, capture_output=True, text=True, timeout=600

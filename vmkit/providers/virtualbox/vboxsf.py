@@ -113,16 +113,7 @@ class VBoxSF:
             )
         if not info.running:
             if not same:
-                self.vbm(
-                    "sharedfolder",
-                    "add",
-                    self.vm,
-                    "--name",
-                    tag,
-                    "--hostpath",
-                    source,
-                    *self._ro(spec),
-                )
+                self._add_folder(tag, source, spec, transient=False)
             self.progress(
                 f"VM {self.vm!r} is stopped: {source} saved as a share, mounted at next start"
             )
@@ -137,17 +128,7 @@ class VBoxSF:
             )
         made = not same
         if made:
-            self.vbm(
-                "sharedfolder",
-                "add",
-                self.vm,
-                "--name",
-                tag,
-                "--hostpath",
-                source,
-                "--transient",
-                *self._ro(spec),
-            )
+            self._add_folder(tag, source, spec, transient=True)
             point("vboxsf:folder")
         try:
             prepare_mountpoint(ssh, spec.target)
@@ -159,6 +140,20 @@ class VBoxSF:
                 self._drop(tag, transient=True, check=False)
             raise
         return done
+
+    def _add_folder(self, tag: str, source: str, spec: ShareSpec, *, transient: bool) -> None:
+        """A shared folder in VirtualBox: transient on a running VM, saved on a stopped one."""
+        self.vbm(
+            "sharedfolder",
+            "add",
+            self.vm,
+            "--name",
+            tag,
+            "--hostpath",
+            source,
+            *(["--transient"] if transient else []),
+            *self._ro(spec),
+        )
 
     @staticmethod
     def _ro(spec: ShareSpec) -> list[str]:
