@@ -241,3 +241,74 @@ def test_cli_verify_prints_one_line_error(made: bundles.Bundle) -> None:
     assert r.returncode == 1
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "images/gap.tar.zst has sha256" in lines[0], r.stderr
+
+
+class _FakeAPI:
+    """dockerd as the bundle load sees it: image ids, tags, info, load_image."""
+
+    def __init__(self, ids: set[str]) -> None:
+        self.ids = ids
+        self.tags: list[tuple[str, str, str]] = []
+        self.loaded: list[int] = []
+        self.timeout = 120.0
+
+    def images(self, quiet: bool, all: bool) -> list[str]:
+        return sorted(self.ids)
+
+    def tag(self, image: str, repo: str, tag: str) -> None:
+        self.tags.append((image, repo, tag))
+
+    def load_image(self, body: object) -> list[dict[str, str]]:
+        self.loaded.append(sum(len(c) for c in body))  # type: ignore[attr-defined]
+        return [{"stream": "Loaded image: x:1\n"}]
+
+
+class _FakeClient:
+    def __init__(self, api: _FakeAPI) -> None:
+        self.api = api
+
+    def info(self) -> dict[str, str]:
+        return {"DockerRootDir": "/var/lib/docker"}
+
+    def close(self) -> None:
+        pass
+
+
+class _FakeVM:
+    name = "lab"
+
+    def __init__(self, ids: set[str], free_kib: int) -> None:
+        self.api = _FakeAPI(ids)
+        self.record = type("R", (), {"arch": "amd64"})()
+        self.free_kib = free_kib
+
+    def docker(self) -> _FakeClient:
+        return _FakeClient(self.api)
+
+    def require_running(self) -> None:
+        pass
+
+    def run(self, argv: list[str]) -> object:
+        out = f"Filesystem 1024-blocks Used Available Capacity Mounted\n/dev/vda 1 1 {self.free_kib} 1% /\n"
+        return type("Res", (), {"stdout": out})()
+
+
+def test_load_sends_absent_images_and_retags_present_ones(made: bundles.Bundle) -> None:
+    small, big = made.items[1], made.items[2]
+    vm = _FakeVM(set(small.ids), free_kib=1 << 30)
+    report = bundles.load(made.dir, vm=vm)  # type: ignore[arg-type]
+    assert report.skipped == ["box mini (amd64)", small.label]
+    assert report.loaded == [big.label]
+    assert report.bytes == big.size
+    assert len(vm.api.loaded) == 1 and vm.api.loaded[0] == big.tar_size
+    assert vm.api.tags == [(small.ids[0], "gap", "4")]
+
+
+def test_load_says_how_much_the_vm_disk_lacks_before_sending(made: bundles.Bundle) -> None:
+    vm = _FakeVM(set(), free_kib=64)
+    with pytest.raises(
+        NotEnoughSpace,
+        match=r"the images need \d+ MiB in VM 'lab' \(/var/lib/docker\) and 0 MiB are free",
+    ):
+        bundles.load(made.dir, vm=vm)  # type: ignore[arg-type]
+    assert vm.api.loaded == []

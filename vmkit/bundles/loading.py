@@ -27,6 +27,7 @@ from vmkit.bundles import manifest
 from vmkit.bundles.make import BytesProgress, quiet
 from vmkit.bundles.manifest import Bundle, Item
 from vmkit.docker import images
+from vmkit.docker.client import session
 from vmkit.errors import (
     BoxCorrupt,
     BoxNotFound,
@@ -280,8 +281,7 @@ def _target_vm(vm: VM | str | None, boxes: Sequence[Item], say: Progress) -> VM:
 
 def _present_images(vm: VM, items: Sequence[Item]) -> list[Item]:
     """The image items whose ids dockerd has (their tags put back if lost)."""
-    client = vm.docker()
-    try:
+    with session(vm, f"listing the images in VM {vm.name!r}") as client:
         have = {str(i) for i in client.api.images(quiet=True, all=True)}
         present = [i for i in items if i.ids and all(x in have for x in i.ids)]
         for item in present:
@@ -289,8 +289,6 @@ def _present_images(vm: VM, items: Sequence[Item]) -> list[Item]:
                 repo, _, name = tag.rpartition(":")
                 client.api.tag(item.ids[0], repo, name)
         return present
-    finally:
-        client.close()
 
 
 def _require_vm_space(vm: VM, items: Sequence[Item]) -> None:
@@ -298,11 +296,8 @@ def _require_vm_space(vm: VM, items: Sequence[Item]) -> None:
     if not items:
         return
     need = sum(i.tar_size or i.size for i in items) + max(i.tar_size or i.size for i in items)
-    client = vm.docker()
-    try:
+    with session(vm, f"asking dockerd in VM {vm.name!r} for its folder") as client:
         root = str(client.info().get("DockerRootDir") or "/var/lib/docker")
-    finally:
-        client.close()
     try:
         out = vm.run(["df", "-Pk", root]).stdout
         free = int(out.splitlines()[-1].split()[3]) * 1024

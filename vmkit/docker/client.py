@@ -24,7 +24,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -252,6 +252,20 @@ def docker_client(vm: VM, *, timeout: float = 120) -> docker.DockerClient:
     return client
 
 
+@contextlib.contextmanager
+def session(vm: VM, what: str) -> Iterator[docker.DockerClient]:
+    """A client for a few calls: closed after, docker-py's errors translated (``what`` failed)."""
+    client = vm.docker()
+    try:
+        yield client
+    except VmkitError:
+        raise
+    except Exception as e:
+        raise translate(e, what) from e
+    finally:
+        client.close()
+
+
 def require_image(client: docker.DockerClient, vm: VM, image: str, *, hint: str) -> dict[str, Any]:
     """``image``'s inspect data, or ``DockerError`` naming the VM if it is not in its Docker."""
     import docker.errors
@@ -471,8 +485,7 @@ def prepare_run(
 
     if not vm.is_running():
         vm.start(progress=progress)
-    client = vm.docker()
-    try:
+    with session(vm, f"checking {image} in VM {vm.name!r}") as client:
         require_image(
             client,
             vm,
@@ -486,12 +499,6 @@ def prepare_run(
                     f"port {guest} in VM {vm.name!r} is already published by container {name}",
                     hint=f"stop it (`vmkit docker -- stop {name}`) or pick another port",
                 )
-    except VmkitError:
-        raise
-    except Exception as e:
-        raise translate(e, f"checking {image} in VM {vm.name!r}") from e
-    finally:
-        client.close()
     volumes = [vm.share(path, progress=progress).target for path in shares]
     for host, guest in forwards:
         vm.forward(host, guest)

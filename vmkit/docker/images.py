@@ -463,19 +463,12 @@ def save_archive(
     progress: Callable[[int], None] | None = None,
 ) -> Archive:
     """``save``, returning what was written: size, sha256 and the image's ids and tags."""
-    from vmkit.docker.client import require_image, translate
+    from vmkit.docker.client import require_image, session
 
     _target(path)
-    client = vm.docker()
-    try:
+    with session(vm, f"saving {image} from VM {vm.name!r}") as client:
         require_image(client, vm, image, hint="see `vmkit docker -- images`")
         return write_archive(client.api.get_image(image, chunk_size=CHUNK), path, progress=progress)
-    except VmkitError:
-        raise
-    except Exception as e:
-        raise translate(e, f"saving {image} from VM {vm.name!r}") from e
-    finally:
-        client.close()
 
 
 def _target(path: str | os.PathLike[str]) -> tuple[Path, str]:
@@ -496,20 +489,13 @@ def image_sizes(vm: VM, names: Iterable[str]) -> int:
 
     ``DockerError`` naming the first one the VM does not have.
     """
-    from vmkit.docker.client import require_image, translate
+    from vmkit.docker.client import require_image, session
 
-    client = vm.docker()
-    try:
+    with session(vm, f"inspecting images in VM {vm.name!r}") as client:
         return sum(
             int(require_image(client, vm, n, hint="see `vmkit docker -- images`").get("Size", 0))
             for n in names
         )
-    except VmkitError:
-        raise
-    except Exception as e:
-        raise translate(e, f"inspecting images in VM {vm.name!r}") from e
-    finally:
-        client.close()
 
 
 @attrs.frozen
