@@ -23,6 +23,7 @@ import attrs
 
 from vmkit import home
 from vmkit.boxes import store
+from vmkit.bundles import lab as labfile
 from vmkit.bundles import manifest
 from vmkit.bundles.make import BytesProgress, quiet
 from vmkit.bundles.manifest import Bundle, Item
@@ -55,6 +56,8 @@ class LoadReport:
     bytes: int
     seconds: float
     vm: str | None
+    #: Where the bundle's course lab was rendered (None: the bundle has none).
+    lab_dir: Path | None = None
 
     @property
     def mib_per_s(self) -> float:
@@ -127,13 +130,18 @@ def load(
     folder: str | os.PathLike[str],
     *,
     vm: VM | str | None = None,
+    lab_dir: str | os.PathLike[str] | None = None,
+    students: Sequence[str] | None = None,
     progress: BytesProgress = quiet,
     say: Progress = no_progress,
 ) -> LoadReport:
-    """Load the bundle: box into the cache, images into ``vm``'s Docker, Vagrant boxes into Vagrant.
+    """Load the bundle: box into the cache, images into ``vm``'s Docker, Vagrant boxes into
+    Vagrant, and its course lab rendered into ``lab_dir``.
 
     ``vm``: a VM, or the name of one (created from the bundle's box and started if needed);
     None means the one running VM (only needed if the bundle has images).
+    ``lab_dir``: default a folder named after the lab in the current folder; ``students``:
+    the machine names to render (default the whole roster).
     ``progress(done, total, what)`` covers the whole bundle in bytes read.
     """
     started = time.monotonic()
@@ -145,6 +153,15 @@ def load(
     boxes = [i for i in bundle.items if i.kind == "box"]
     image_items = [i for i in bundle.items if i.kind == "image"]
     vagrant_items = [i for i in bundle.items if i.kind == "vagrant-box"]
+    lab_items = [i for i in bundle.items if i.kind == "lab"]
+    lab_spec = _lab(bundle, lab_items[0]) if lab_items else None
+    if lab_spec is None and students:
+        raise InvalidInput(
+            f"bundle {bundle.dir} has no course lab, so no student to choose",
+            hint="leave out --student",
+        )
+    if lab_spec is not None and students:
+        labfile.machines(lab_spec, students)  # an unknown student is refused before loading
 
     skipped = [i for i in boxes + vagrant_items if _present(i)]
     todo_boxes = [i for i in boxes if i not in skipped]
@@ -181,6 +198,15 @@ def load(
         _vagrant_add(bundle, item)
         meter.item(item).file_progress(item.size, item.size)
         loaded.append(item.label)
+
+    lab_out: Path | None = None
+    if lab_spec is not None:
+        lab_out = Path(os.fspath(lab_dir or Path.cwd() / lab_spec.name)).expanduser().resolve()
+        if labfile.rendered(lab_out, lab_spec):
+            skipped.append(lab_items[0])
+        else:
+            labfile.render(lab_spec, lab_out, only=students or None)
+            loaded.append(lab_items[0].label)
     progress(meter.done, meter.total, "done")
     return LoadReport(
         loaded=loaded,
@@ -188,6 +214,7 @@ def load(
         bytes=meter.done,
         seconds=time.monotonic() - started,
         vm=target.name if target is not None else None,
+        lab_dir=lab_out,
     )
 
 
@@ -216,6 +243,19 @@ class _ItemMeter:
     def file_progress(self, file_done: int, file_total: int) -> None:
         self.meter.done = self.base + file_done
         self.meter.progress(self.meter.done, self.meter.total, self.item.label)
+
+
+def _lab(bundle: Bundle, item: Item) -> labfile.LabSpec:
+    """The bundle's lab, its file checked against the manifest (it is small: read whole)."""
+    path = bundle.path(item)
+    check_digest(
+        item.file,
+        size=item.size,
+        sha256=item.sha256,
+        found_size=path.stat().st_size,
+        found_sha256=sha256_file(path),
+    )
+    return labfile.read(path)
 
 
 def _present(item: Item) -> bool:

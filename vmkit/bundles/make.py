@@ -4,7 +4,8 @@ Every item is written once and hashed as it is written (no second read). Images 
 re-compressed with zstd by default (``compression="none"`` keeps plain tars); their ids, tags
 and architecture are read from the archive itself as it passes. ``bundle.json`` is written
 last, so a folder whose creation was interrupted has no manifest and is never taken for a
-bundle; the files this call wrote are removed again on failure.
+bundle; the files this call wrote are removed again on failure. A course lab goes in as its
+template, roster and options (``vmkit.bundles.lab``), rendered where the bundle is loaded.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, cast
 
 from vmkit.boxes import store
+from vmkit.bundles import lab as labfile
 from vmkit.bundles import manifest
+from vmkit.bundles.lab import LabSpec
 from vmkit.bundles.manifest import Bundle, Item
 from vmkit.docker import images
 from vmkit.errors import InvalidInput
-from vmkit.streams import CHUNK, HashingReader, HashingWriter
+from vmkit.streams import CHUNK, HashingReader, HashingWriter, sha256_file
 
 if TYPE_CHECKING:
     from vmkit.vm import VM
@@ -61,13 +64,15 @@ def create(
     images_: Sequence[str] = (),
     vagrant_boxes: Sequence[str | os.PathLike[str]] = (),
     vm: VM | None = None,
+    lab: LabSpec | None = None,
     compression: str = "zstd",
     progress: BytesProgress = quiet,
 ) -> Bundle:
     """Make the bundle folder ``dest`` (new, or empty).
 
     ``box``: a built box (``arch``) from the cache. ``images_``: image archive files, or names
-    of images in ``vm``'s Docker (saved from it). ``vagrant_boxes``: ``.box`` files.
+    of images in ``vm``'s Docker (saved from it). ``vagrant_boxes``: ``.box`` files. ``lab``: a
+    course lab (``vmkit.bundles.lab.make``), rendered where the bundle is loaded.
     """
     if compression not in COMPRESSIONS:
         raise InvalidInput(
@@ -79,9 +84,9 @@ def create(
             f"{root} exists and is not an empty folder",
             hint="give a new folder; a bundle is made whole, never added to",
         )
-    if not (box or images_ or vagrant_boxes):
+    if not (box or images_ or vagrant_boxes or lab):
         raise InvalidInput(
-            "a bundle needs something in it", hint="give --box, --image or --vagrant-box"
+            "a bundle needs something in it", hint="give --box, --image, --vagrant-box or --lab"
         )
     named = [s for s in images_ if not is_image_file(s)]
     if named and vm is None:
@@ -121,6 +126,8 @@ def create(
                 items.append(_add_image_from_vm(root, vm, spec, compression, written, tick))
         for path in vboxes:
             items.append(_add_vagrant_box(root, path, written, tick))
+        if lab is not None:
+            items.append(_add_lab(root, lab, written))
         bundle = Bundle(
             dir=root,
             format=manifest.FORMAT,
@@ -130,13 +137,13 @@ def create(
         )
         readme = root / manifest.README
         written.append(readme)
-        readme.write_text(student_readme(bundle), encoding="utf-8")
+        readme.write_text(student_readme(bundle, lab), encoding="utf-8")
         written.append(root / manifest.MANIFEST)
         manifest.write(bundle)
     except BaseException:
         for path in reversed(written):
             path.unlink(missing_ok=True)
-        for sub in ("boxes", "images", "vagrant"):
+        for sub in ("boxes", "images", "vagrant", "lab"):
             if (root / sub).is_dir() and not any((root / sub).iterdir()):
                 (root / sub).rmdir()
         if made_root and not any(root.iterdir()):
@@ -259,12 +266,45 @@ def _add_vagrant_box(
     )
 
 
+def _add_lab(root: Path, spec: LabSpec, written: list[Path]) -> Item:
+    written.append(root.joinpath(*labfile.FILE.split("/")))
+    path = labfile.write(spec, root)
+    return Item(
+        kind="lab",
+        file=labfile.FILE,
+        size=path.stat().st_size,
+        sha256=sha256_file(path),
+        name=spec.name,
+    )
+
+
 def _describe(bundle: Bundle) -> Iterator[str]:
     for item in bundle.items:
-        yield f"  - {item.label}: {item.file}, {item.size / (1 << 20):.0f} MiB"
+        size = (
+            f"{item.size / (1 << 20):.0f} MiB"
+            if item.size >= 1 << 20
+            else f"{item.size / 1024:.0f} KiB"
+        )
+        yield f"  - {item.label}: {item.file}, {size}"
 
 
-def student_readme(bundle: Bundle) -> str:
+def _lab_readme(spec: LabSpec) -> str:
+    machines = "\n".join(f"       {s.machine:<24} {s.name}" for s in spec.students)
+    return (
+        "\n"
+        f"3. The course lab {spec.name}: find your machine's name here\n"
+        "\n"
+        f"{machines}\n"
+        "\n"
+        "   and make your copy of the lab (in a new folder here, named after the lab):\n"
+        "\n"
+        "       vmkit bundle load THIS_FOLDER --student YOUR_MACHINE\n"
+        "\n"
+        f"   then start it: cd {spec.name}/YOUR_MACHINE && vagrant up\n"
+    )
+
+
+def student_readme(bundle: Bundle, lab: LabSpec | None = None) -> str:
     """The short README.txt a student finds in the bundle folder."""
     return (
         "This folder is a vmkit bundle: everything the course needs, to set up without network.\n"
@@ -279,7 +319,8 @@ def student_readme(bundle: Bundle) -> str:
         "   already loaded is skipped.\n"
         "\n"
         "       vmkit bundle load THIS_FOLDER --vm course\n"
-        "\n"
+        + (_lab_readme(lab) if lab is not None else "")
+        + "\n"
         f"Made {bundle.created_at} for {bundle.arch or 'any'} machines; bundle.json lists\n"
         "every file with its size and sha256 (format: docs/bundles.md in vmkit).\n"
         "\n"

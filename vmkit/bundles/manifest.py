@@ -23,7 +23,7 @@ MANIFEST = "bundle.json"
 README = "README.txt"
 #: Bumped only when an older vmkit would misread a bundle.
 FORMAT = 1
-KINDS = ("box", "image", "vagrant-box")
+KINDS = ("box", "image", "vagrant-box", "lab")
 
 #: Which VM architectures a host can run: an amd64 host runs i386 VMs too, not the reverse.
 _RUNS = {"amd64": ("amd64", "i386"), "i386": ("i386",)}
@@ -36,7 +36,7 @@ class Item:
 
     box: ``name``, ``arch`` and ``box_files`` (the box manifest's files: sha256 and size).
     image: ``ids`` (``sha256:...``), ``tags``, ``arch``, ``tar_size`` (uncompressed).
-    vagrant-box: ``name``.
+    vagrant-box: ``name``. lab: ``name`` (the lab's; the file is ``vmkit.bundles.lab.LabSpec``).
     """
 
     kind: str
@@ -57,6 +57,8 @@ class Item:
             return f"image {', '.join(self.tags) or (self.ids[0][7:19] if self.ids else self.file)}"
         if self.kind == "box":
             return f"box {self.name} ({self.arch})"
+        if self.kind == "lab":
+            return f"lab {self.name}"
         return f"Vagrant box {self.name}"
 
     def to_json(self) -> dict[str, Any]:
@@ -66,7 +68,7 @@ class Item:
             "size": self.size,
             "sha256": self.sha256,
         }
-        if self.kind in ("box", "vagrant-box"):
+        if self.kind in ("box", "vagrant-box", "lab"):
             data["name"] = self.name
         if self.kind in ("box", "image"):
             data["arch"] = self.arch

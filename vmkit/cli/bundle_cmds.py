@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import click
 from rich.progress import Progress
@@ -11,6 +12,7 @@ from rich.progress import Progress
 import vmkit.vm as api
 from vmkit import bundles
 from vmkit.boxes import ARCHES
+from vmkit.bundles import lab as bundle_lab
 from vmkit.bundles.make import COMPRESSIONS, is_image_file
 from vmkit.cli.render import console, err_console, progress_printer, transfer_columns
 
@@ -60,6 +62,20 @@ def _bar(label: str) -> Iterator[bundles.BytesProgress]:
 @click.option(
     "--compression", type=click.Choice(sorted(COMPRESSIONS)), default="zstd", show_default=True
 )
+@click.option(
+    "--lab",
+    "lab_template",
+    metavar="TEMPLATE",
+    help="A course lab (oommf, docker-host, course-lab, or your .j2 file); needs --roster.",
+)
+@click.option(
+    "--roster",
+    "roster_csv",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The class roster (CSV with a `name` column) of --lab.",
+)
+@click.option("--lab-name", metavar="NAME", help="The lab's name (default: from FOLDER).")
+@click.option("--lab-box", metavar="NAME", help="The lab's Vagrant box (default: the template's).")
 def create(
     folder: str,
     box: str | None,
@@ -68,8 +84,22 @@ def create(
     vagrant_boxes: tuple[str, ...],
     vm_name: str | None,
     compression: str,
+    lab_template: str | None,
+    roster_csv: Path | None,
+    lab_name: str | None,
+    lab_box: str | None,
 ) -> None:
-    """Make bundle FOLDER (new or empty) from a box, images and Vagrant boxes."""
+    """Make bundle FOLDER (new or empty) from a box, images, Vagrant boxes and a course lab."""
+    if (lab_template is None) != (roster_csv is None):
+        raise click.UsageError("--lab and --roster go together")
+    lab = None
+    if lab_template is not None and roster_csv is not None:
+        lab = bundle_lab.make(
+            lab_template,
+            roster_csv,
+            name=lab_name or bundle_lab.default_name(Path(folder)),
+            box=lab_box,
+        )
     vm = None
     if any(not is_image_file(s) for s in image_specs):
         vm = api.resolve(vm_name)
@@ -81,6 +111,7 @@ def create(
             images_=image_specs,
             vagrant_boxes=vagrant_boxes,
             vm=vm,
+            lab=lab,
             compression=compression,
             progress=show,
         )
@@ -113,14 +144,34 @@ def verify(folder: str) -> None:
     help="The VM for the images, created from the bundle's box if it does not exist "
     "(default: the only running one).",
 )
-def load(folder: str, vm_name: str | None) -> None:
-    """Load bundle FOLDER: box into the cache, images into the VM, Vagrant boxes into Vagrant.
+@click.option(
+    "--lab-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the bundle's course lab is rendered (default: ./LAB_NAME).",
+)
+@click.option(
+    "--student",
+    "students",
+    multiple=True,
+    metavar="MACHINE",
+    help="Render only this student's machine of the lab (repeatable; default: all).",
+)
+def load(folder: str, vm_name: str | None, lab_dir: Path | None, students: tuple[str, ...]) -> None:
+    """Load bundle FOLDER: box into the cache, images into the VM, Vagrant boxes into Vagrant,
+    the course lab into a folder.
 
     Checks every file as it reads it; skips what is already there, so after an interruption
     run it again.
     """
     with _bar("loading") as show:
-        report = bundles.load(folder, vm=vm_name, progress=show, say=progress_printer())
+        report = bundles.load(
+            folder,
+            vm=vm_name,
+            lab_dir=lab_dir,
+            students=students or None,
+            progress=show,
+            say=progress_printer(),
+        )
     for label in report.skipped:
         console.print(f"[dim]-[/] {label}: already there", soft_wrap=True)
     for label in report.loaded:
@@ -131,3 +182,9 @@ def load(folder: str, vm_name: str | None) -> None:
         f"({report.mib_per_s:.1f} MiB/s)",
         soft_wrap=True,
     )
+    if report.lab_dir is not None:
+        console.print(
+            f"  lab in {report.lab_dir}: `cd` into a machine's folder and `vagrant up`, "
+            f"or `vmkit lab up {report.lab_dir}`",
+            soft_wrap=True,
+        )

@@ -68,14 +68,6 @@ def _guest_ports(values: tuple[str, ...]) -> dict[str, int] | None:
     return out
 
 
-def _libvirt_driver(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    from vmkit.host import virt as hostvirt
-
-    return "kvm" if hostvirt.detect().usable else "qemu"
-
-
 @lab.command("render")
 @click.argument("template")
 @click.option(
@@ -149,7 +141,7 @@ def render_cmd(
         cpus=cpus,
         memory=memory,
         guest_ports=_guest_ports(ports),
-        libvirt_driver=_libvirt_driver(libvirt_driver),
+        libvirt_driver=labs.libvirt_driver(libvirt_driver),
     )
     table = Table("machine", "student", "host ports (127.0.0.1)", title=f"lab {manifest.lab}")
     for s in manifest.students:

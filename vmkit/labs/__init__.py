@@ -7,7 +7,7 @@ registry); ``up``, ``status`` and ``down`` run them with a concurrency limit.
 from __future__ import annotations
 
 from vmkit.labs.ports import PortRegistry
-from vmkit.labs.render import PRESETS, LabManifest, LabStudent, render
+from vmkit.labs.render import PRESETS, LabManifest, LabStudent, libvirt_driver, render
 from vmkit.labs.roster import RosterInvalid, Student
 from vmkit.labs.run import LabEvent, LabFailed, LabReport, StudentOutcome, down, status, up
 
@@ -23,6 +23,7 @@ __all__ = [
     "Student",
     "StudentOutcome",
     "down",
+    "libvirt_driver",
     "render",
     "status",
     "up",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -138,13 +138,15 @@ def render(
     libvirt_driver: str = "kvm",
     provision_script: str = "",
     registry: PortRegistry | None = None,
+    only: Sequence[str] | None = None,
 ) -> LabManifest:
     """Write one Vagrant project per student of ``roster_csv`` into ``out_dir``.
 
     ``template`` is a shipped template name (its preset gives the defaults) or the path of a
     ``.j2`` file (then ``box`` is required). ``box_url`` lets ``vagrant up`` add the box by
     itself (e.g. the ``file://`` metadata JSON of ``vmkit box package``). ``libvirt_driver`` is ``"kvm"``, or ``"qemu"`` on
-    hosts without VT-x/AMD-V. ``out_dir`` must not hold a rendered lab already.
+    hosts without VT-x/AMD-V. ``out_dir`` must not hold a rendered lab already. ``only``: the
+    machine names (or student names) to render, out of the roster; default everyone.
     """
     out_dir = Path(out_dir).resolve()
     check_range(port_range)
@@ -160,6 +162,8 @@ def render(
     name = lab_name or roster.machine_name_for(out_dir.name, limit=20) or "lab"
     vagrantfile.validate_name(name, "lab name")
     students = roster.read(Path(roster_csv))
+    if only is not None:
+        students = select(students, only, f"roster {roster_csv}")
     if (out_dir / MANIFEST).exists():
         raise AlreadyExists(
             f"{out_dir} holds a rendered lab already",
@@ -209,6 +213,31 @@ def render(
             shutil.rmtree(out_dir / s.machine, ignore_errors=True)
         raise
     return manifest
+
+
+def libvirt_driver(choice: str = "auto") -> str:
+    """``kvm`` or ``qemu`` for ``render``; ``auto`` is kvm where hardware virtualization works."""
+    if choice != "auto":
+        return choice
+    from vmkit.host import virt as hostvirt
+
+    return "kvm" if hostvirt.detect().usable else "qemu"
+
+
+def select(
+    students: Sequence[roster.Student], wanted: Sequence[str], where: str
+) -> list[roster.Student]:
+    """The students named in ``wanted`` (by machine name or by name), in roster order.
+
+    ``where`` names the roster in the error (``"roster students.csv"``).
+    """
+    unknown = [w for w in wanted if not any(w in (s.machine, s.name) for s in students)]
+    if unknown:
+        raise InvalidInput(
+            f"{where} has no student {', '.join(map(repr, unknown))}",
+            hint="give a machine name of the roster: " + ", ".join(s.machine for s in students),
+        )
+    return [s for s in students if s.machine in wanted or s.name in wanted]
 
 
 def _write(
