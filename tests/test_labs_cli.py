@@ -9,25 +9,16 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from vmkit.cli import lab_cmds
+from vmkit.cli import main
 from vmkit.labs import LabFailed, RosterInvalid
 
 
 @pytest.fixture
 def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> click.Group:
+    # The real command tree: click keeps each command's help option once it is built, so a
+    # stand-in root without `-h` would change what later tests (tests/test_docs.py) see.
     monkeypatch.setenv("VMKIT_HOME", str(tmp_path / "home"))
-
-    @click.group()
-    def root() -> None:
-        pass
-
-    @root.group()
-    def box() -> None:
-        pass
-
-    lab_cmds.register(root)
-    lab_cmds.register_box_commands(box)
-    return root
+    return main.cli
 
 
 def test_lab_render_prints_ports_and_writes_the_lab(cli: click.Group, tmp_path: Path) -> None:
