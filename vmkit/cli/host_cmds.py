@@ -10,10 +10,12 @@ from rich.table import Table
 from vmkit import boxes
 from vmkit.cli.render import console, progress_printer
 from vmkit.errors import VmkitError
+from vmkit.host.arch import ARCHES, default_arch
 
 # What doctor checks for, and the Debian package that provides it.
 _TOOLS = [
-    ("qemu-system-x86_64", "qemu-system-x86", "runs VMs"),
+    ("qemu-system-x86_64", "qemu-system-x86", "runs amd64 and i386 VMs"),
+    ("qemu-system-aarch64", "qemu-system-arm", "runs arm64 VMs"),
     ("qemu-img", "qemu-utils", "makes VM disks"),
     ("/usr/lib/qemu/virtiofsd", "qemu-system-common", "fast live shares (virtio-fs)"),
     ("/usr/lib/openssh/sftp-server", "openssh-sftp-server", "live shares over SSH (sshfs)"),
@@ -98,7 +100,9 @@ def box() -> None:
 
 @box.command("build")
 @click.argument("name", default="vmkit-mini")
-@click.option("--arch", type=click.Choice(["amd64", "i386"]), default="amd64", show_default=True)
+@click.option(
+    "--arch", type=click.Choice(ARCHES), default=default_arch, help="[default: the host CPU's]"
+)
 @click.option("--force", is_flag=True, help="Rebuild even if the cache has it.")
 def box_build(name: str, arch: str, force: bool) -> None:
     """Build box NAME from its recipe (Debian packages only; needs root and mmdebstrap)."""
@@ -124,7 +128,9 @@ def box_list() -> None:
 
 @box.command("remove")
 @click.argument("name", default="vmkit-mini")
-@click.option("--arch", type=click.Choice(["amd64", "i386"]), default="amd64", show_default=True)
+@click.option(
+    "--arch", type=click.Choice(ARCHES), default=default_arch, help="[default: the host CPU's]"
+)
 def box_remove(name: str, arch: str) -> None:
     """Remove box NAME from the cache (refused while VMs are made from it)."""
     boxes.remove(name, arch)
