@@ -85,5 +85,6 @@ def test_up_arch_arm64_without_its_qemu_says_what_to_install(tmp_path: Path) -> 
     assert "qemu-system-aarch64 is not installed" in r.stderr
     assert "apt-get install qemu-system-arm" in r.stderr
     assert "Traceback" not in r.stderr
+    assert "foreign to this amd64 host" in r.stdout  # the one line on emulation, said first
     assert not (tmp_path / "home" / "vms" / "a1").exists()
     assert not (tmp_path / "cache" / "boxes").exists()
