@@ -164,3 +164,49 @@ def test_start_refuses_a_rebuilt_box(
     state.save(rec)
     with pytest.raises(ProviderError, match="rebuilt"):
         QemuProvider().start(rec, lambda _: None)
+
+
+class FakeMonitor:
+    """Takes ``device_add`` into the root ports not listed in ``busy``; records what was sent."""
+
+    def __init__(self, busy: set[str]) -> None:
+        self.busy = busy
+        self.sent: list[dict[str, object]] = []
+
+    def execute(self, cmd: str, args: dict[str, object]) -> dict[str, object]:
+        self.sent.append(args)
+        if args.get("bus") in self.busy:
+            raise QMPError(
+                f"PCI: slot 0 function 0 not available for vhost-user-fs-pci ({args['bus']})"
+            )
+        return {}
+
+
+@pytest.mark.parametrize(
+    ("arch", "busy", "bus"),
+    [
+        ("amd64", set(), None),  # the pc machine's root bus takes hot-plugged devices
+        ("arm64", set(), "vmkit-hp0"),
+        ("arm64", {"vmkit-hp0", "vmkit-hp1"}, "vmkit-hp2"),
+    ],
+)
+def test_virtiofs_device_goes_into_a_free_root_port_on_arm(
+    tmp_path: Path, arch: str, busy: set[str], bus: str | None
+) -> None:
+    from vmkit.providers.qemu.virtiofs import VirtioFS
+
+    record = VMRecord(name="t", provider="qemu", box="vmkit-mini", arch=arch)
+    monitor = FakeMonitor(busy)
+    VirtioFS(record, lambda: None)._device_add(monitor, "tag1")  # type: ignore[arg-type]
+    assert monitor.sent[-1].get("bus") == bus
+    assert monitor.sent[-1]["driver"] == "vhost-user-fs-pci"
+
+
+def test_virtiofs_with_every_root_port_taken_says_qemus_error() -> None:
+    from vmkit.providers.qemu.virtiofs import VirtioFS
+
+    record = VMRecord(name="t", provider="qemu", box="vmkit-mini", arch="arm64")
+    monitor = FakeMonitor({f"vmkit-hp{i}" for i in range(4)})
+    with pytest.raises(QMPError, match="not available"):
+        VirtioFS(record, lambda: None)._device_add(monitor, "tag1")  # type: ignore[arg-type]
+    assert len(monitor.sent) == 4

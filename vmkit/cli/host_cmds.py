@@ -51,7 +51,8 @@ def doctor(recheck: bool) -> None:
 
     kernel = None
     try:
-        kernel = boxes.find().kernel
+        # The host CPU's box: the only one an accelerator can run.
+        kernel = boxes.find(arch=default_arch()).kernel
     except VmkitError:
         console.print(
             "(the vmkit-mini box is not built yet, so no accelerator was proven by booting it; "
@@ -65,7 +66,9 @@ def doctor(recheck: bool) -> None:
     request = accel.requested()
     try:
         plan = choose("qemu", hav, None, request)
-        picks = f"{plan.provider} ({accel.display(plan.accel)}), {plan.box} amd64. {plan.reason}"
+        picks = (
+            f"{plan.provider} ({accel.display(plan.accel)}), {plan.box} {plan.arch}. {plan.reason}"
+        )
     except VmkitError as e:
         picks = f"nothing: --accel {request} (from ${accel.ENV}) fails: {e}"
     console.print(f"\nvmkit up will use: {picks}", markup=False, soft_wrap=True)
