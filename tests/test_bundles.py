@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import lzma
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -141,12 +142,13 @@ def test_arch_rules() -> None:
     with pytest.raises(ArchMismatch, match="is for amd64 and this VM is i386"):
         manifest.require_runnable("amd64", "bundle b", runs_on="i386")
     assert manifest.host_arch("x86_64") == "amd64" and manifest.host_arch("i686") == "i386"
+    assert manifest.host_arch("aarch64") == manifest.host_arch("arm64") == "arm64"
 
 
 def test_an_amd64_bundle_is_refused_on_an_i386_host(
     made: bundles.Bundle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(manifest.platform, "machine", lambda: "i686")
+    monkeypatch.setattr(platform, "machine", lambda: "i686")
     with pytest.raises(ArchMismatch, match="this host is i386"):
         bundles.load(made.dir)
 

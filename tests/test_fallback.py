@@ -6,8 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from vmkit.errors import InvalidInput, ToolMissing
-from vmkit.host.fallback import Plan, VersionNotUnderstood, choose, parse_vbox_version
+from vmkit.errors import AcceleratorFailed, InvalidInput, ToolMissing
+from vmkit.host.fallback import (
+    Plan,
+    VersionNotUnderstood,
+    choose,
+    parse_vbox_version,
+    windows_advice,
+)
 from vmkit.host.virt import Check, HAVReport
 
 FIX = Path(__file__).parent / "fixtures" / "hostvirt"
@@ -171,3 +177,71 @@ def test_unknown_provider(requested: str) -> None:
 
 def test_empty_provider_means_default() -> None:
     assert choose("", KVM, None).provider == "qemu"
+
+
+# --- box architectures -------------------------------------------------------------------------
+
+APPLE_SILICON = HAVReport(True, "hvf", "hvf", (Check("test", True, "injected"),), "Darwin", "arm64")
+ARM_LINUX_NO_KVM = HAVReport(False, "none", "tcg", (), "Linux", "arm64")
+
+
+@pytest.mark.parametrize(
+    ("report", "arch", "expected"),
+    [
+        # The host CPU's box is the default, with the host's accelerator.
+        (APPLE_SILICON, None, ("arm64", "hvf")),
+        (ARM_LINUX_NO_KVM, None, ("arm64", "tcg")),
+        (KVM, None, ("amd64", "kvm")),
+        (KVM, "i386", ("i386", "kvm")),
+        # Another processor's box runs emulated, whatever the host has.
+        (KVM, "arm64", ("arm64", "tcg")),
+        (NONE, "arm64", ("arm64", "tcg")),
+        (APPLE_SILICON, "amd64", ("amd64", "tcg")),
+        (APPLE_SILICON, "i386", ("i386", "tcg")),
+    ],
+)
+def test_the_box_matches_the_host_cpu_unless_asked(
+    report: HAVReport, arch: str | None, expected: tuple[str, str]
+) -> None:
+    plan = choose(None, report, None, arch=arch)
+    assert (plan.provider, plan.arch, plan.accel) == ("qemu", *expected)
+
+
+def test_a_foreign_box_says_so_in_one_line() -> None:
+    reason = choose(None, KVM, None, arch="arm64").reason
+    assert "arm64 box is foreign to this amd64 host" in reason and "(TCG)" in reason
+    assert "\n" not in reason
+
+
+def test_a_hardware_accelerator_named_for_a_foreign_box_is_refused() -> None:
+    with pytest.raises(AcceleratorFailed, match="only the host's own processor type") as info:
+        choose(None, KVM, None, "kvm", arch="arm64")
+    assert "leave out --accel" in (info.value.hint or "")
+    assert choose(None, KVM, None, "tcg", arch="arm64").accel == "tcg"
+
+
+@pytest.mark.parametrize(("report", "arch"), [(KVM, "arm64"), (APPLE_SILICON, None)])
+def test_virtualbox_cannot_run_the_arm64_box(report: HAVReport, arch: str | None) -> None:
+    with pytest.raises(InvalidInput, match="VirtualBox cannot run") as info:
+        choose("virtualbox", report, (7, 1, 4), arch=arch)
+    assert "QEMU" in (info.value.hint or "")
+
+
+def test_virtualbox_cannot_emulate_x86_on_an_arm_host() -> None:
+    with pytest.raises(InvalidInput, match="VirtualBox cannot run the amd64 box"):
+        choose("virtualbox", APPLE_SILICON, (7, 1, 4), arch="amd64")
+
+
+WINDOWS_NO_WHPX = HAVReport(True, "vt-x", "tcg", (), "Windows", "amd64")
+
+
+def test_windows_without_whpx_or_virtualbox_is_told_how_to_enable_it() -> None:
+    advice = windows_advice(WINDOWS_NO_WHPX, None)
+    assert advice is not None
+    assert "Windows Hypervisor Platform" in advice and "HypervisorPlatform" in advice
+    assert "software emulation (TCG)" in advice and "slower" in advice
+    # VirtualBox installed, WHPX in use, another OS, an Arm Windows: nothing to say.
+    assert windows_advice(WINDOWS_NO_WHPX, (7, 0, 14)) is None
+    assert windows_advice(HAVReport(True, "whpx", "whpx", (), "Windows"), None) is None
+    assert windows_advice(NONE, None) is None
+    assert windows_advice(HAVReport(False, "none", "tcg", (), "Windows", "arm64"), None) is None

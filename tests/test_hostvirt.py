@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from vmkit.errors import CommandTimeout, ToolMissing
+from vmkit.host.accel import parse_accel_help
 from vmkit.host.runner import Result
 from vmkit.host.virt import (
     BOOT_PROOF,
@@ -46,11 +47,13 @@ Answer = Result | Exception
 
 
 class FakeRunner:
-    """Answers by program name (``sysctl`` also by key); records every argv."""
+    """Answers by program name (``sysctl`` also by key, ``-accel help`` as "PROGRAM -accel
+    help"); records every argv (``-accel help`` ones apart, in ``help_calls``)."""
 
     def __init__(self, answers: dict[str, Answer]) -> None:
         self.answers = answers
         self.calls: list[list[str]] = []
+        self.help_calls: list[list[str]] = []
 
     def __call__(
         self,
@@ -61,8 +64,12 @@ class FakeRunner:
         input: str | bytes | None = None,
     ) -> Result:
         args = list(argv)
-        self.calls.append(args)
-        key = args[0] if args[0] != "sysctl" else f"sysctl {args[-1]}"
+        if args[1:] == ["-accel", "help"]:
+            self.help_calls.append(args)
+            key = f"{args[0]} -accel help"
+        else:
+            self.calls.append(args)
+            key = args[0] if args[0] != "sysctl" else f"sysctl {args[-1]}"
         answer = self.answers.get(key)
         if answer is None:
             raise ToolMissing(args[0])
@@ -79,6 +86,7 @@ def res(stdout: str = "", stderr: str = "", code: int = 0, duration: float = 0.0
 
 
 QEMU = "qemu-system-x86_64"
+ARM_QEMU = "qemu-system-aarch64"
 PROBE_OK = res(fixture("qemu-probe-ok.stdout"))
 # QEMU aborts (SIGABRT) after the MSR error: subprocess reports that as -6.
 PROBE_MSR = res(fixture("qemu-kvm-msr.stdout"), fixture("qemu-kvm-msr.stderr"), code=-6)
@@ -239,13 +247,57 @@ def test_linux_unreadable_cpuinfo_is_reported(tmp_path: Path) -> None:
     assert not report.usable
 
 
-def test_linux_arm_host_runs_x86_boxes_emulated() -> None:
+def test_linux_arm_host_probes_kvm_with_the_arm_qemu(tmp_path: Path) -> None:
+    # Arm CPUs show no virtualization flag: /dev/kvm and the probe decide.
+    (tmp_path / "kvm").write_text("")
+    fake = FakeRunner({ARM_QEMU: PROBE_OK})
+    paths = LinuxPaths(cpuinfo=tmp_path / "absent", kvm=tmp_path / "kvm", access=allow_all)
+    report = detect(system="Linux", machine="aarch64", runner=fake, linux=paths)
+    assert (report.usable, report.accel, report.native) == (True, "kvm", "arm64")
+    assert ok_of(report, HOST_CPU) is True
+    probe = fake.calls[0]
+    assert probe[:3] == [ARM_QEMU, "-accel", "kvm"]
+    assert probe[probe.index("-machine") + 1] == "virt"
+
+
+def test_linux_host_without_a_box_runs_emulated() -> None:
     fake = FakeRunner({})
-    report = detect(system="Linux", machine="aarch64", runner=fake)
+    report = detect(system="Linux", machine="riscv64", runner=fake)
     assert (report.usable, report.accel) == (False, "tcg")
     assert ok_of(report, HOST_CPU) is False
     assert fake.calls == []
-    assert "not an x86 processor" in explain(report)
+    assert "riscv64" in explain(report) and "can only be emulated" in explain(report)
+
+
+def test_a_qemu_built_without_the_accelerator_is_not_probed(tmp_path: Path) -> None:
+    report, fake = linux(
+        tmp_path,
+        cpuinfo(add=["vmx"], remove=["hypervisor"]),
+        {QEMU: PROBE_OK, f"{QEMU} -accel help": res(fixture("qemu-aarch64-accel-help-linux.out"))},
+    )
+    assert (report.usable, report.accel) == (False, "tcg")
+    probe = report.check(KVM_PROBE)
+    assert probe is not None and probe.ok is False
+    assert "built without kvm" in probe.detail and "lists: tcg" in probe.detail
+    assert fake.calls == []  # the probe itself never ran
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("qemu-x86_64-accel-help-linux.out", {"tcg", "kvm"}),
+        ("qemu-aarch64-accel-help-linux.out", {"tcg"}),
+        ("qemu-aarch64-accel-help-macos.out", {"tcg", "hvf"}),
+        ("qemu-x86_64-accel-help-windows.out", {"tcg", "whpx"}),
+    ],
+)
+def test_accel_help_is_parsed(name: str, expected: set[str]) -> None:
+    assert parse_accel_help(fixture(name)) == expected
+
+
+def test_accel_help_of_something_else_is_none() -> None:
+    assert parse_accel_help(fixture("qemu-probe-ok.stdout")) is None
+    assert parse_accel_help("") is None
 
 
 # ------------------------------------------------------------------ macOS
@@ -304,11 +356,37 @@ def test_macos_hvf_probe_failure_wins() -> None:
     assert probe is not None and "HV_ERROR" in probe.detail
 
 
-def test_macos_apple_silicon() -> None:
-    report, fake = mac({"sysctl kern.hv_support": res("1\n")}, machine="arm64")
-    assert (report.usable, report.accel) == (False, "tcg")
-    assert ok_of(report, HOST_CPU) is False
+def test_macos_apple_silicon_runs_the_arm64_box_with_hvf() -> None:
+    report, fake = mac(
+        {
+            "sysctl kern.hv_support": res("1\n"),
+            "sysctl kern.hv_vmm_present": res("0\n"),
+            f"{ARM_QEMU} -accel help": res(fixture("qemu-aarch64-accel-help-macos.out")),
+            ARM_QEMU: PROBE_OK,
+        },
+        machine="arm64",
+    )
+    assert (report.usable, report.kind, report.accel, report.native) == (
+        True,
+        "hvf",
+        "hvf",
+        "arm64",
+    )
+    assert ok_of(report, HOST_CPU) is True
     assert not fake.ran(QEMU)
+    probe = fake.calls[-1]
+    assert probe[:3] == [ARM_QEMU, "-accel", "hvf"]
+    assert probe[probe.index("-machine") + 1] == "virt"
+    assert probe[probe.index("-cpu") + 1] == "host"
+
+
+def test_macos_without_hypervisor_framework_is_not_probed() -> None:
+    report, fake = mac(
+        {"sysctl kern.hv_support": res(fixture("sysctl-kern.hv_support-0.txt"))}, machine="arm64"
+    )
+    assert (report.usable, report.accel) == (False, "tcg")
+    assert ok_of(report, HV_SUPPORT) is False
+    assert fake.calls[-1][0] == "sysctl"
 
 
 # ------------------------------------------------------------------ Windows

@@ -7,6 +7,7 @@ import socket
 import threading
 from pathlib import Path
 
+import attrs
 import pytest
 
 from vmkit import state
@@ -51,6 +52,49 @@ def test_argv_tcg(tmp_path: Path) -> None:
 def test_argv_kvm(tmp_path: Path) -> None:
     argv = build_argv("qemu-system-x86_64", config(tmp_path, "kvm"))
     assert argv[argv.index("-accel") + 1] == "kvm" and argv[argv.index("-cpu") + 1] == "host"
+
+
+def opt(argv: list[str], flag: str) -> str:
+    return argv[argv.index(flag) + 1]
+
+
+def test_argv_arm64_tcg_on_linux(tmp_path: Path) -> None:
+    c = attrs.evolve(config(tmp_path), arch="arm64", host_os="linux")
+    argv = build_argv("qemu-system-aarch64", c)
+    assert opt(argv, "-machine") == "virt,memory-backend=mem"
+    assert opt(argv, "-cpu") == "max,pauth-impdef=on"
+    # Empty root ports for hot-plugged virtio-fs devices: virt's root bus takes none.
+    ports = [a for a in argv if a.startswith("pcie-root-port,")]
+    assert ports == [f"pcie-root-port,id=vmkit-hp{i},chassis={i + 1}" for i in range(4)]
+    assert "-daemonize" in argv
+
+
+@pytest.mark.parametrize(("memory", "highmem"), [(1024, "highmem=off"), (8192, "highmem=on")])
+def test_argv_arm64_hvf_on_macos(tmp_path: Path, memory: int, highmem: str) -> None:
+    c = attrs.evolve(config(tmp_path, "hvf"), arch="arm64", host_os="darwin", memory=memory)
+    argv = build_argv("qemu-system-aarch64", c)
+    # No memfd on macOS (and no virtio-fs to need shared RAM).
+    assert opt(argv, "-machine") == f"virt,{highmem}"
+    assert not any("memory-backend" in a for a in argv)
+    assert (opt(argv, "-accel"), opt(argv, "-cpu")) == ("hvf", "host")
+    assert opt(argv, "-qmp").startswith("unix:")
+
+
+def test_argv_intel_mac_hvf(tmp_path: Path) -> None:
+    c = attrs.evolve(config(tmp_path, "hvf"), host_os="darwin")
+    argv = build_argv("qemu-system-x86_64", c)
+    assert opt(argv, "-machine") == "pc"
+    assert (opt(argv, "-accel"), opt(argv, "-cpu")) == ("hvf", "host")
+
+
+def test_argv_whpx_on_windows(tmp_path: Path) -> None:
+    c = attrs.evolve(config(tmp_path, "whpx"), host_os="win32", qmp=4444)
+    argv = build_argv("qemu-system-x86_64.exe", c)
+    assert opt(argv, "-accel") == "whpx,kernel-irqchip=off"
+    assert "-cpu" not in argv  # WHPX has no "host" model
+    assert "-daemonize" not in argv
+    assert opt(argv, "-qmp") == "tcp:127.0.0.1:4444,server=on,wait=off"
+    assert opt(argv, "-machine") == "pc"
 
 
 USERNET = """\
@@ -120,3 +164,49 @@ def test_start_refuses_a_rebuilt_box(
     state.save(rec)
     with pytest.raises(ProviderError, match="rebuilt"):
         QemuProvider().start(rec, lambda _: None)
+
+
+class FakeMonitor:
+    """Takes ``device_add`` into the root ports not listed in ``busy``; records what was sent."""
+
+    def __init__(self, busy: set[str]) -> None:
+        self.busy = busy
+        self.sent: list[dict[str, object]] = []
+
+    def execute(self, cmd: str, args: dict[str, object]) -> dict[str, object]:
+        self.sent.append(args)
+        if args.get("bus") in self.busy:
+            raise QMPError(
+                f"PCI: slot 0 function 0 not available for vhost-user-fs-pci ({args['bus']})"
+            )
+        return {}
+
+
+@pytest.mark.parametrize(
+    ("arch", "busy", "bus"),
+    [
+        ("amd64", set(), None),  # the pc machine's root bus takes hot-plugged devices
+        ("arm64", set(), "vmkit-hp0"),
+        ("arm64", {"vmkit-hp0", "vmkit-hp1"}, "vmkit-hp2"),
+    ],
+)
+def test_virtiofs_device_goes_into_a_free_root_port_on_arm(
+    tmp_path: Path, arch: str, busy: set[str], bus: str | None
+) -> None:
+    from vmkit.providers.qemu.virtiofs import VirtioFS
+
+    record = VMRecord(name="t", provider="qemu", box="vmkit-mini", arch=arch)
+    monitor = FakeMonitor(busy)
+    VirtioFS(record, lambda: None)._device_add(monitor, "tag1")  # type: ignore[arg-type]
+    assert monitor.sent[-1].get("bus") == bus
+    assert monitor.sent[-1]["driver"] == "vhost-user-fs-pci"
+
+
+def test_virtiofs_with_every_root_port_taken_says_qemus_error() -> None:
+    from vmkit.providers.qemu.virtiofs import VirtioFS
+
+    record = VMRecord(name="t", provider="qemu", box="vmkit-mini", arch="arm64")
+    monitor = FakeMonitor({f"vmkit-hp{i}" for i in range(4)})
+    with pytest.raises(QMPError, match="not available"):
+        VirtioFS(record, lambda: None)._device_add(monitor, "tag1")  # type: ignore[arg-type]
+    assert len(monitor.sent) == 4

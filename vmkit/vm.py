@@ -44,7 +44,8 @@ from vmkit.guest.ready import Probe, wait_for
 from vmkit.guest.ssh import SSHSession
 from vmkit.home import check_name
 from vmkit.host import accel as accel_mod
-from vmkit.host import interrupts, procs
+from vmkit.host import arch as arch_mod
+from vmkit.host import interrupts, procs, signals
 from vmkit.host.faults import point
 from vmkit.host.netutil import check_port_number, read_banner, require_free
 from vmkit.host.runner import Result
@@ -193,10 +194,11 @@ class VM:
         from vmkit.host.virt import detect, notice
 
         request = str(self.record.extra.get("accel_request", "auto"))
-        if request == "tcg":
+        if request == "tcg" or not arch_mod.native(self.record.arch):
+            # A box of another processor runs emulated whatever the host has.
             return "tcg"
         hav = detect(kernel=Path(str(self.record.extra["kernel"])))
-        chosen = choose("qemu", hav, None, request).accel
+        chosen = choose("qemu", hav, None, request, self.record.arch).accel
         if chosen == "tcg" and self.record.extra.get("accel") != "tcg":
             log.warning(notice(hav))
         return chosen
@@ -209,7 +211,7 @@ class VM:
         accel_mod.record(
             used,
             Path(str(self.record.extra["kernel"])),
-            binary=accel_mod.QEMU_BINARY,
+            binary=arch_mod.qemu_binary(self.record.arch),
             ok=False,
             detail=e.message,
         )
@@ -546,7 +548,7 @@ class VM:
         gport = check_port_number(guest_port if guest_port is not None else host_port, "guest port")
         host_ip = "0.0.0.0" if public else "127.0.0.1"
         spec = ForwardSpec(host_port=host_port, guest_port=gport, proto=proto, host_ip=host_ip)
-        if host_port < 1024 and os.name != "nt" and os.geteuid() != 0:
+        if host_port < 1024 and signals.low_ports_need_root() and not signals.is_root():
             raise InvalidInput(
                 f"host port {host_port} is privileged (below 1024)",
                 hint="use a port from 1024 up, e.g. 8888",
@@ -830,8 +832,8 @@ def create(
     """
     check_name(name)
     _check_sizes(cpus, memory, disk)
-    if arch not in (None, "amd64", "i386"):
-        raise InvalidInput(f"architecture {arch!r} is not amd64 or i386")
+    if arch is not None:
+        arch_mod.check(arch)
     request = accel_mod.requested(accel)
     plan = _plan(provider, arch, box, request, progress)
     prov = registry.get(plan.provider)
@@ -891,20 +893,30 @@ def _plan(
     provider: str | None, arch: str | None, box: str, request: str, progress: Progress
 ) -> Plan:
     """Provider, arch and accelerator for a new VM, with the fallbacks logged."""
-    from vmkit.host.fallback import choose
+    from vmkit.host.fallback import choose, windows_advice
     from vmkit.host.virt import detect, notice
 
     asked = provider or "qemu"
     vbox = _vbox_version() if asked == "virtualbox" else None
     hav = detect()
-    plan = choose(asked, hav, vbox)
-    if (plan.provider, plan.arch) != (asked, arch or "amd64"):
+    plan = choose(asked, hav, vbox, arch=arch)
+    foreign = not arch_mod.native(plan.arch, hav.native)
+    if (plan.provider, plan.arch) != (asked, arch or hav.native) or foreign:
+        # A fallback taken, or a foreign box that runs emulated: said in one line.
         log.warning(plan.reason)
     if plan.provider != "qemu":
         return plan
-    plan = attrs.evolve(plan, arch=arch or plan.arch)
+    # Said before anything is made: the box build and the VM would be lost work.
+    arch_mod.find_qemu(plan.arch)
+    if foreign:
+        # Refuses a hardware accelerator named for a box it cannot run.
+        return choose("qemu", hav, None, request, plan.arch)
     if request == "auto" and plan.accel == "tcg":
         log.warning(notice(hav))
+        if hav.system == "Windows":
+            advice = windows_advice(hav, _vbox_version() if vbox is None else vbox)
+            if advice:
+                log.warning(advice)
     elif request not in ("auto", "tcg"):
         # A named hardware accelerator is proven now, on the box's kernel, so a VM that
         # cannot boot is never made.
@@ -912,11 +924,9 @@ def _plan(
 
         kernel = boxes.ensure(box, plan.arch, progress=progress).kernel
         progress(f"checking that {accel_mod.display(request)} boots the box's kernel")
-        plan = choose("qemu", detect(kernel=kernel), None, request)
-        plan = attrs.evolve(plan, arch=arch or plan.arch)
+        plan = choose("qemu", detect(kernel=kernel), None, request, plan.arch)
     elif request == "tcg":
-        plan = choose("qemu", hav, None, "tcg")
-        plan = attrs.evolve(plan, arch=arch or plan.arch)
+        plan = choose("qemu", hav, None, "tcg", plan.arch)
     return plan
 
 

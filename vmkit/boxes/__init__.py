@@ -4,7 +4,6 @@ The store's functions are re-exported here, so ``vmkit.boxes.find()`` is the box
 """
 
 from vmkit.boxes.store import (
-    ARCHES,
     Box,
     Recipe,
     build,
@@ -16,6 +15,7 @@ from vmkit.boxes.store import (
     remove,
     verify,
 )
+from vmkit.host.arch import ARCHES
 
 __all__ = [
     "ARCHES",

@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 import shutil
 import sys
 import tarfile
@@ -42,11 +41,11 @@ from vmkit.errors import (
     ToolMissing,
     VmkitError,
 )
+from vmkit.host.arch import ARCHES, host_arch
 from vmkit.host.runner import ErrorRule, run, which
 from vmkit.progress import Progress, no_progress
 from vmkit.streams import sha256_file
 
-ARCHES = ("amd64", "i386")
 MANIFEST = "manifest.json"
 KERNEL = "vmlinuz"
 INITRD = "initrd.img"
@@ -104,6 +103,7 @@ class Recipe:
     keep_modules: tuple[str, ...]
     kernel_packages: Mapping[str, str]
     arch_mirrors: Mapping[str, tuple[str, ...]]
+    arch_consoles: Mapping[str, str]
     disk_compression: str
     sha256: str
 
@@ -124,6 +124,14 @@ class Recipe:
     def mirrors_for(self, arch: str) -> tuple[str, ...]:
         """The apt sources for ``arch``: its own ``mirrors`` if the recipe sets them."""
         return self.arch_mirrors.get(arch, self.mirrors)
+
+    def cmdline_for(self, arch: str) -> str:
+        """The kernel command line for ``arch``: its own ``console`` replaces the recipe's."""
+        console = self.arch_consoles.get(arch)
+        if console is None:
+            return self.cmdline
+        words = [w for w in self.cmdline.split() if not w.startswith("console=")]
+        return " ".join([*words, f"console={console}"])
 
 
 @attrs.frozen
@@ -223,6 +231,7 @@ def parse_recipe(data: Mapping[str, Any], folder: Path) -> Recipe:
         raise bad("arch", "must have at least one [arch.NAME] table")
     kernels: dict[str, str] = {}
     arch_mirrors: dict[str, tuple[str, ...]] = {}
+    arch_consoles: dict[str, str] = {}
     for arch, table in arches.items():
         if arch not in ARCHES:
             raise bad(f"arch.{arch}", f"is not a known architecture ({', '.join(ARCHES)})")
@@ -239,6 +248,11 @@ def parse_recipe(data: Mapping[str, Any], folder: Path) -> Recipe:
             ):
                 raise bad(f"arch.{arch}.mirrors", "must be a list of non-empty strings")
             arch_mirrors[arch] = tuple(mirrors)
+        if "console" in table:
+            console = table["console"]
+            if not isinstance(console, str) or not console or " " in console:
+                raise bad(f"arch.{arch}.console", "must be a device name such as ttyAMA0")
+            arch_consoles[arch] = console
 
     name = get_str("name")
     if name != folder.name:
@@ -276,6 +290,7 @@ def parse_recipe(data: Mapping[str, Any], folder: Path) -> Recipe:
         keep_modules=get_list("keep_modules"),
         kernel_packages=kernels,
         arch_mirrors=arch_mirrors,
+        arch_consoles=arch_consoles,
         disk_compression=compression,
         sha256=recipe_digest(folder),
     )
@@ -548,13 +563,6 @@ class _Tools:
     chroot: str
 
 
-def _host_arch() -> str:
-    machine = platform.machine().lower()
-    return {"x86_64": "amd64", "amd64": "amd64", "i686": "i386", "i386": "i386"}.get(
-        machine, machine
-    )
-
-
 def _preflight(arch: str) -> _Tools:
     if sys.platform != "linux":
         raise BoxBuildFailed(
@@ -567,14 +575,27 @@ def _preflight(arch: str) -> _Tools:
         qemu_img=which("qemu-img"),
         chroot=which("chroot", package="coreutils"),
     )
-    if arch != _host_arch():
-        which("arch-test")
+    if arch != host_arch():
+        _check_foreign(arch)
     if os.geteuid() != 0:
         raise BoxBuildFailed(
             "building a box needs root (mmdebstrap --mode=root installs packages as root)",
             hint="run `sudo vmkit box build` and point VMKIT_CACHE at a folder you can read",
         )
     return tools
+
+
+def _check_foreign(arch: str) -> None:
+    """Refuse early when the host cannot run ``arch``'s programs (package scripts need it)."""
+    result = run([which("arch-test"), arch], timeout=60, check=False)
+    if result.exit_code != 0:
+        raise BoxBuildFailed(
+            f"this host cannot run {arch} programs, which the package scripts of the {arch} box "
+            f"are ({result.stdout.strip() or result.stderr.strip()})",
+            hint="install qemu-user-static and binfmt-support (bin/install-deps does); where "
+            "binfmt_misc is not mounted: `mount -t binfmt_misc binfmt_misc "
+            "/proc/sys/fs/binfmt_misc && update-binfmts --enable`",
+        )
 
 
 def _lock(folder: Path) -> FileLock:
@@ -684,7 +705,7 @@ def _build_into(work: Path, recipe: Recipe, arch: str, tools: _Tools, progress: 
         "description": recipe.description,
         "suite": recipe.suite,
         "kernel_version": version,
-        "cmdline": recipe.cmdline,
+        "cmdline": recipe.cmdline_for(arch),
         "root_label": recipe.root_label,
         "disk_compression": recipe.disk_compression,
         "files": files,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import attrs
 
 from vmkit.errors import ArchMismatch, FileDamaged, FormatTooNew, InvalidInput
+from vmkit.host import arch as arch_mod
 
 #: The manifest's file name in the bundle folder.
 MANIFEST = "bundle.json"
@@ -25,9 +25,9 @@ README = "README.txt"
 FORMAT = 1
 KINDS = ("box", "image", "vagrant-box", "lab")
 
-#: Which VM architectures a host can run: an amd64 host runs i386 VMs too, not the reverse.
-_RUNS = {"amd64": ("amd64", "i386"), "i386": ("i386",)}
-_MACHINES = {"x86_64": "amd64", "amd64": "amd64", "i686": "i386", "i386": "i386", "x86": "i386"}
+#: Which VM architectures a host runs natively: an amd64 host runs i386 VMs too, not the
+#: reverse (other ones only emulated, which a workshop bundle does not count on).
+_RUNS = {"amd64": ("amd64", "i386"), "i386": ("i386",), "arm64": ("arm64",)}
 
 
 @attrs.frozen
@@ -189,9 +189,9 @@ def _item(entry: Any, where: Path) -> Item:
 
 
 def host_arch(machine: str | None = None) -> str:
-    """The host's architecture in Debian's words (``amd64``, ``i386``), from ``platform.machine()``."""
-    m = (machine or platform.machine()).lower()
-    return _MACHINES.get(m, m)
+    """The host's architecture in Debian's words (``amd64``, ``i386``, ``arm64``), from
+    ``platform.machine()``."""
+    return arch_mod.host_arch(machine)
 
 
 def require_runnable(arch: str, where: str, *, runs_on: str | None = None) -> None:

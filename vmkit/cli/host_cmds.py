@@ -10,10 +10,12 @@ from rich.table import Table
 from vmkit import boxes
 from vmkit.cli.render import console, progress_printer
 from vmkit.errors import VmkitError
+from vmkit.host.arch import ARCHES, default_arch
 
 # What doctor checks for, and the Debian package that provides it.
 _TOOLS = [
-    ("qemu-system-x86_64", "qemu-system-x86", "runs VMs"),
+    ("qemu-system-x86_64", "qemu-system-x86", "runs amd64 and i386 VMs"),
+    ("qemu-system-aarch64", "qemu-system-arm", "runs arm64 VMs"),
     ("qemu-img", "qemu-utils", "makes VM disks"),
     ("/usr/lib/qemu/virtiofsd", "qemu-system-common", "fast live shares (virtio-fs)"),
     ("/usr/lib/openssh/sftp-server", "openssh-sftp-server", "live shares over SSH (sshfs)"),
@@ -49,7 +51,8 @@ def doctor(recheck: bool) -> None:
 
     kernel = None
     try:
-        kernel = boxes.find().kernel
+        # The host CPU's box: the only one an accelerator can run.
+        kernel = boxes.find(arch=default_arch()).kernel
     except VmkitError:
         console.print(
             "(the vmkit-mini box is not built yet, so no accelerator was proven by booting it; "
@@ -63,7 +66,9 @@ def doctor(recheck: bool) -> None:
     request = accel.requested()
     try:
         plan = choose("qemu", hav, None, request)
-        picks = f"{plan.provider} ({accel.display(plan.accel)}), {plan.box} amd64. {plan.reason}"
+        picks = (
+            f"{plan.provider} ({accel.display(plan.accel)}), {plan.box} {plan.arch}. {plan.reason}"
+        )
     except VmkitError as e:
         picks = f"nothing: --accel {request} (from ${accel.ENV}) fails: {e}"
     console.print(f"\nvmkit up will use: {picks}", markup=False, soft_wrap=True)
@@ -98,7 +103,9 @@ def box() -> None:
 
 @box.command("build")
 @click.argument("name", default="vmkit-mini")
-@click.option("--arch", type=click.Choice(["amd64", "i386"]), default="amd64", show_default=True)
+@click.option(
+    "--arch", type=click.Choice(ARCHES), default=default_arch, help="[default: the host CPU's]"
+)
 @click.option("--force", is_flag=True, help="Rebuild even if the cache has it.")
 def box_build(name: str, arch: str, force: bool) -> None:
     """Build box NAME from its recipe (Debian packages only; needs root and mmdebstrap)."""
@@ -124,7 +131,9 @@ def box_list() -> None:
 
 @box.command("remove")
 @click.argument("name", default="vmkit-mini")
-@click.option("--arch", type=click.Choice(["amd64", "i386"]), default="amd64", show_default=True)
+@click.option(
+    "--arch", type=click.Choice(ARCHES), default=default_arch, help="[default: the host CPU's]"
+)
 def box_remove(name: str, arch: str) -> None:
     """Remove box NAME from the cache (refused while VMs are made from it)."""
     boxes.remove(name, arch)

@@ -12,6 +12,7 @@ from rich.table import Table
 import vmkit.vm as api
 from vmkit.cli.render import console, err_console, progress_printer, state_text
 from vmkit.errors import VmkitError
+from vmkit.host.arch import ARCHES
 from vmkit.host.runner import which
 
 
@@ -27,9 +28,10 @@ def _create_options(f: click.decorators.FC) -> click.decorators.FC:
     )(f)
     f = click.option(
         "--arch",
-        type=click.Choice(["amd64", "i386"]),
+        type=click.Choice(ARCHES),
         default=None,
-        help="Guest architecture [default: amd64; i386 where only VirtualBox's raw mode works].",
+        help="Guest architecture [default: the host CPU's (amd64 or arm64); i386 where only "
+        "VirtualBox's raw mode works]. Another than the host's runs under software emulation.",
     )(f)
     f = click.option("--cpus", type=int, default=2, show_default=True)(f)
     f = click.option("--memory", type=int, default=1024, show_default=True, help="MiB of RAM.")(f)

@@ -64,6 +64,18 @@ def requested(value: str | None = None, *, system: str | None = None) -> str:
     return accel
 
 
+def parse_accel_help(text: str) -> frozenset[str] | None:
+    """The accelerators in ``qemu-system-* -accel help`` output, or None if it is not that.
+
+    QEMU prints a header line, "Accelerators supported in QEMU binary:", then one name per
+    line (e.g. ``tcg`` and ``kvm`` on Linux, ``hvf`` on macOS, ``whpx`` on Windows builds).
+    """
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines or not lines[0].lower().startswith("accelerators supported"):
+        return None
+    return frozenset(line.lower() for line in lines[1:] if re.fullmatch(r"[a-z0-9_-]+", line, re.I))
+
+
 def display(accel: str) -> str:
     """How an accelerator is named in messages."""
     return "software emulation (TCG)" if accel == "tcg" else accel.upper()
@@ -92,6 +104,10 @@ def silent_detail(accel: str, seconds: float, last_words: str = "") -> str:
     )
 
 
+def _arm(binary: str) -> bool:
+    return Path(binary).name.removesuffix(".exe").endswith("aarch64")
+
+
 def bare_qemu(binary: str, accel: str, memory_mib: int) -> list[str]:
     """QEMU with ``accel`` and the CPU model a real boot uses, and no devices at all."""
     cpu = ["-cpu", "max"] if accel == "tcg" else [] if accel == "whpx" else ["-cpu", "host"]
@@ -100,7 +116,7 @@ def bare_qemu(binary: str, accel: str, memory_mib: int) -> list[str]:
         "-accel",
         accel,
         "-machine",
-        "pc",
+        "virt" if _arm(binary) else "pc",
         *cpu,
         "-m",
         str(memory_mib),
@@ -119,7 +135,10 @@ def boot_argv(binary: str, accel: str, kernel: Path) -> list[str]:
         str(kernel),
         # No root disk: the kernel prints, then panics, and -no-reboot makes QEMU exit.
         "-append",
-        "earlyprintk=serial,ttyS0,115200 console=ttyS0 panic=-1",
+        # The Arm virt machine's UART is a PL011 (ttyAMA0), a PC's a 16550 (ttyS0).
+        "console=ttyAMA0 panic=-1"
+        if _arm(binary)
+        else "earlyprintk=serial,ttyS0,115200 console=ttyS0 panic=-1",
         "-serial",
         "stdio",
         "-no-reboot",

@@ -16,6 +16,11 @@ any                       virtualbox,     ``ToolMissing``
                           not installed
 ========================  ==============  ===================================================
 
+The box architecture defaults to the host CPU's (``HAVReport.native``: amd64, or arm64 on
+Apple silicon and other Arm hosts). Another one asked for (``--arch``) runs on QEMU under TCG
+whatever the host has, since hardware accelerators only run the host's own instruction set;
+VirtualBox is refused for it (vmkit's VirtualBox VMs are x86 PCs).
+
 An accelerator asked for by name (``--accel``/``$VMKIT_ACCEL``) is honoured for QEMU: ``tcg``
 always; ``kvm``/``hvf``/``whpx`` only where detection proved it (else ``AcceleratorFailed``
 with what detection found), never replaced by another.
@@ -31,6 +36,7 @@ import attrs
 
 from vmkit.errors import AcceleratorFailed, InvalidInput, ToolMissing
 from vmkit.host.accel import display
+from vmkit.host.arch import ARCHES, native
 from vmkit.host.virt import BOOT_PROOF, HAVReport
 
 PROVIDERS = ("qemu", "virtualbox")
@@ -92,13 +98,16 @@ def choose(
     hav: HAVReport,
     vbox_version: tuple[int, int, int] | None,
     accel: str = "auto",
+    arch: str | None = None,
 ) -> Plan:
     """The plan for a new VM, given the provider asked for (``None``: the default, QEMU).
 
-    ``accel`` is QEMU's accelerator as asked for (see ``vmkit.host.accel.requested``).
-    Raises ``InvalidInput`` for a provider this policy does not cover, ``ToolMissing`` when
-    VirtualBox is asked for but not installed (``vbox_version`` is ``None``), and
-    ``AcceleratorFailed`` for a hardware accelerator asked for by name that does not work.
+    ``accel`` is QEMU's accelerator as asked for (see ``vmkit.host.accel.requested``);
+    ``arch`` the box architecture asked for (``None``: the host CPU's). Raises
+    ``InvalidInput`` for a provider this policy does not cover or VirtualBox with a box of
+    another processor, ``ToolMissing`` when VirtualBox is asked for but not installed
+    (``vbox_version`` is ``None``), and ``AcceleratorFailed`` for a hardware accelerator asked
+    for by name that does not work (or cannot run ``arch``).
     """
     provider = requested or "qemu"
     if provider not in PROVIDERS:
@@ -106,6 +115,15 @@ def choose(
             f"vmkit cannot create VMs with provider {provider!r}",
             hint=f"use one of: {', '.join(PROVIDERS)}",
         )
+    host = hav.native if hav.native in ARCHES else "amd64"
+    guest = arch or host
+    if provider == "virtualbox" and guest == "arm64":
+        raise InvalidInput(
+            "VirtualBox cannot run vmkit's arm64 box: vmkit's VirtualBox VMs are x86 PCs",
+            hint="use QEMU, which runs it: leave out --provider",
+        )
+    if not native(guest, host):
+        return _foreign(provider, guest, host, accel)
     if provider == "virtualbox":
         if vbox_version is None:
             raise ToolMissing(
@@ -116,9 +134,49 @@ def choose(
         plan = _virtualbox(hav, vbox_version)
     else:
         plan = _qemu(hav)
+    if plan.provider == "qemu":
+        plan = attrs.evolve(plan, arch=guest)
     if plan.provider != "qemu" or accel == "auto":
         return plan
     return _honour(plan, hav, accel)
+
+
+def windows_advice(hav: HAVReport, vbox_version: tuple[int, int, int] | None) -> str | None:
+    """What to tell a Windows user whose QEMU falls back to TCG and who has no VirtualBox."""
+    if hav.system != "Windows" or hav.accel == "whpx" or vbox_version is not None:
+        return None
+    if hav.native not in ("amd64", "i386"):
+        return None  # QEMU has no WHPX for Arm: nothing to turn on
+    return (
+        "Neither QEMU's Windows Hypervisor Platform (WHPX) nor VirtualBox is available, so VMs "
+        "run in software emulation (TCG), 5 to 20 times slower. To let QEMU use hardware "
+        "virtualization, turn on 'Windows Hypervisor Platform' (Control Panel > Programs > "
+        "Turn Windows features on or off; or in an administrator PowerShell: "
+        "`Enable-WindowsOptionalFeature -Online -FeatureName HypervisorPlatform`), restart, "
+        "and check that virtualization is on in the firmware (`vmkit doctor`); or install "
+        "VirtualBox."
+    )
+
+
+def _foreign(provider: str, guest: str, host: str, accel: str) -> Plan:
+    """The plan for a box of another processor than the host's: QEMU under TCG, or why not."""
+    if provider == "virtualbox":
+        raise InvalidInput(
+            f"VirtualBox cannot run the {guest} box on this {host} computer: vmkit's VirtualBox "
+            "VMs run the host's own processor type",
+            hint=f"use QEMU, which emulates {guest}: leave out --provider",
+        )
+    if accel not in ("auto", "tcg"):
+        raise AcceleratorFailed(
+            f"{display(accel)} cannot run the {guest} box: hardware accelerators run only the "
+            f"host's own processor type ({host})",
+            hint=f"leave out --accel: QEMU emulates {guest} in software (TCG)",
+        )
+    reason = (
+        f"The {guest} box is foreign to this {host} host, so QEMU emulates it in software "
+        "(TCG): slower than a native box."
+    )
+    return Plan("qemu", guest, BOX, "tcg", reason)
 
 
 def _honour(plan: Plan, hav: HAVReport, accel: str) -> Plan:
@@ -197,4 +255,5 @@ __all__ = [
     "VersionNotUnderstood",
     "choose",
     "parse_vbox_version",
+    "windows_advice",
 ]

@@ -10,8 +10,9 @@ user's ``kill -9`` or a power cut does, so tests can check that the next command
 from __future__ import annotations
 
 import os
-import signal
 import sys
+
+from vmkit.host import signals
 
 ENV = "VMKIT_FAULT"
 
@@ -24,4 +25,4 @@ def point(step: str) -> None:
     if wanted == "list":
         print(f"fault point: {step}", file=sys.stderr, flush=True)
     elif wanted == step:
-        os.kill(os.getpid(), signal.SIGKILL)
+        signals.die_now()

@@ -1,16 +1,21 @@
 """Processes vmkit started and must find again: pid files checked against the real process.
 
 A pid file alone proves nothing (pids are reused), so every check also looks for a marker
-string (a socket path unique to the VM) in the process's command line.
+string (a socket path unique to the VM) in the process's command line. Processes are read
+through psutil, which knows how each host OS (Linux, macOS, Windows) tells them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import time
 from pathlib import Path
+
+import psutil
+
+from vmkit.host import signals
+
+_GONE = (psutil.NoSuchProcess, psutil.ZombieProcess)
 
 
 def read_pid(path: Path) -> int | None:
@@ -24,28 +29,31 @@ def read_pid(path: Path) -> int | None:
 def running(pid: int) -> bool:
     """True if ``pid`` exists and is not a zombie."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except _GONE:
         return False
-    # The state letter follows the command name, which is in parentheses and may hold spaces.
-    return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] not in ("Z", "X", "")
+    except psutil.AccessDenied:
+        return True  # someone else's process, but it exists
 
 
 def cmdline(pid: int) -> list[str] | None:
-    """The argv of ``pid`` (Linux /proc), or None if it is gone.
+    """The argv of ``pid``, or None if it is gone.
 
-    A process that is exec'ing or changing namespaces shows an empty cmdline for a moment;
-    that is read again rather than taken as "gone".
+    A process that is exec'ing or changing namespaces shows an empty command line for a
+    moment; that is read again rather than taken as "gone". A process whose command line
+    may not be read (another user's) gives ``[]``: it matches no marker.
     """
     for _ in range(50):
         if not running(pid):
             return None
         try:
-            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
+            args = psutil.Process(pid).cmdline()
+        except _GONE:
             return None
-        if raw:
-            return raw.rstrip(b"\0").decode(errors="replace").split("\0")
+        except psutil.AccessDenied:
+            return []
+        if args:
+            return args
         time.sleep(0.002)
     return []
 
@@ -62,9 +70,9 @@ def wait_gone(pid: int, timeout: float) -> bool:
     """Wait up to ``timeout`` s for ``pid`` to exit; True if it did."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        # Reap it if it is our child, else it lingers as a zombie.
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
+        # Reaps it if it is our child (else it would linger as a zombie); polls otherwise.
+        with contextlib.suppress(*_GONE, psutil.TimeoutExpired, psutil.AccessDenied):
+            psutil.Process(pid).wait(timeout=0)
         if not running(pid):
             return True
         time.sleep(0.05)
@@ -72,30 +80,23 @@ def wait_gone(pid: int, timeout: float) -> bool:
 
 
 def terminate(pid: int, marker: str, *, timeout: float = 5.0) -> None:
-    """SIGTERM ``pid`` if it is still the process ``marker`` names, SIGKILL after ``timeout``."""
+    """Ask ``pid`` to end if it is still the process ``marker`` names; kill it after ``timeout``."""
     if not alive(pid, marker):
         return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+    signals.terminate(pid)
     if wait_gone(pid, timeout):
         return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+    signals.kill(pid)
     wait_gone(pid, 5.0)
 
 
 def find(marker: str) -> list[int]:
-    """Pids of every process whose command line contains ``marker`` (Linux /proc)."""
+    """Pids of every process whose command line contains ``marker``."""
     # One read each: kernel threads have an empty command line for good, and waiting for it
     # to fill (as ``cmdline`` does) would cost 0.1 s per kernel thread.
-    needle = marker.encode()
     out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                raw = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if needle in raw and running(int(entry.name)):
-                out.append(int(entry.name))
+    for p in psutil.process_iter(["cmdline"]):
+        args = p.info["cmdline"] or []
+        if any(marker in a for a in args) and running(p.pid):
+            out.append(p.pid)
     return out

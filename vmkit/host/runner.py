@@ -11,7 +11,6 @@ import os
 import re
 import selectors
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import attrs
 
 from vmkit.errors import CommandFailed, CommandTimeout, ToolMissing, VmkitError
+from vmkit.host import signals
 
 # Which Debian package provides a program, for "not installed" hints.
 PACKAGES: dict[str, str] = {
@@ -178,6 +178,7 @@ def spawn(
                 env=full_env,
                 cwd=cwd,
                 start_new_session=True,
+                creationflags=signals.NEW_GROUP_FLAGS,
                 pass_fds=tuple(pass_fds),
             )
         except FileNotFoundError as e:
@@ -230,6 +231,7 @@ def watch(
                 stdout=subprocess.PIPE,
                 stderr=err,
                 start_new_session=True,
+                creationflags=signals.NEW_GROUP_FLAGS,
             )
         except FileNotFoundError as e:
             raise ToolMissing(args[0], package=PACKAGES.get(Path(args[0]).name)) from e
@@ -255,8 +257,7 @@ def watch(
             with contextlib.suppress(subprocess.TimeoutExpired):
                 exit_code = proc.wait(5)
         if exit_code is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            signals.end_group(proc.pid, hard=True)
         proc.wait()
         proc.stdout.close()
         err.seek(0)

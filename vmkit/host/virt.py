@@ -16,11 +16,10 @@ words for ``vmkit doctor`` and ``notice()`` into the one line ``vmkit up`` print
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -28,7 +27,9 @@ import attrs
 
 from vmkit.errors import CommandTimeout, ToolError, ToolMissing
 from vmkit.host import runner as _runner
-from vmkit.host.accel import QEMU_BINARY, bare_qemu, prove
+from vmkit.host import signals
+from vmkit.host.accel import QEMU_BINARY, bare_qemu, parse_accel_help, prove
+from vmkit.host.arch import ARCHES, host_arch, qemu_binary
 from vmkit.host.runner import Result
 
 #: A probe start takes 0.03-0.06 s here (QEMU 7.2); the timeout only guards against a hang.
@@ -94,6 +95,8 @@ class HAVReport:
     accel: str
     checks: tuple[Check, ...]
     system: str = ""
+    #: The box architecture of the host's CPU, the only one an accelerator can run.
+    native: str = "amd64"
 
     def check(self, name: str) -> Check | None:
         """The finding called ``name``, if detection made it."""
@@ -111,7 +114,8 @@ class HAVReport:
 
 @attrs.frozen
 class LinuxPaths:
-    """Where Linux detection reads; tests point these at fixtures."""
+    """Where Linux detection reads (Linux only: ``/proc`` and ``/dev/kvm`` exist nowhere
+    else, and only ``_detect_linux`` reads them); tests point these at fixtures."""
 
     cpuinfo: Path = Path("/proc/cpuinfo")
     kvm: Path = Path("/dev/kvm")
@@ -138,10 +142,12 @@ def detect(
     """
     system = system or platform.system()
     machine = (machine or platform.machine()).lower()
+    native = host_arch(machine)
+    binary = qemu_binary(native) if native in ARCHES else QEMU_BINARY
     if system == "Linux":
-        report = _detect_linux(runner, linux or LinuxPaths(), machine)
+        report = _detect_linux(runner, linux or LinuxPaths(), machine, binary)
     elif system == "Darwin":
-        report = _detect_macos(runner, machine)
+        report = _detect_macos(runner, machine, binary)
     elif system == "Windows":
         report = _detect_windows(runner, machine)
     else:
@@ -151,11 +157,13 @@ def detect(
             accel="tcg",
             checks=(Check("host system", None, f"{system}: vmkit cannot check this system"),),
             system=system,
+            native=native,
         )
+    report = attrs.evolve(report, native=native)
     if not report.usable or report.accel == "tcg":
         return report
     if kernel is not None:
-        verdict = prove(report.accel, kernel, binary=QEMU_BINARY, recheck=recheck)
+        verdict = prove(report.accel, kernel, binary=binary, recheck=recheck)
         detail = verdict.detail + (" (remembered from an earlier boot)" if verdict.cached else "")
         return _with_proof(report, Check(BOOT_PROOF, verdict.ok, detail))
     flag = report.check(CPU_FLAG)
@@ -210,11 +218,22 @@ _PROBE_TEXTS: list[tuple[re.Pattern[str], str]] = [
 ]
 
 
-def _probe(run: RunFn, accel: str) -> Check:
+def _probe(run: RunFn, accel: str, binary: str = QEMU_BINARY) -> Check:
     name = probe_name(accel)
-    argv = probe_argv(accel)
+    argv = probe_argv(accel, binary=binary)
+    with signals.no_core_dumps():
+        built_in = _accelerators(run, binary)
+    if built_in is not None and accel not in built_in:
+        return Check(
+            name,
+            False,
+            f"this QEMU ({binary}) was built without {accel} "
+            f"(`-accel help` lists: {', '.join(sorted(built_in)) or 'nothing'})",
+        )
     try:
-        with _no_core_dumps():
+        # QEMU 7.2 aborts after "failed to set MSR"; with core dumps enabled that would leave
+        # a file of the size of the probe's memory in the working directory.
+        with signals.no_core_dumps():
             result = run(argv, timeout=PROBE_TIMEOUT, check=False, input=_QMP_QUIT)
     except ToolMissing:
         return Check(name, None, f"not tried: QEMU ({argv[0]}) is not installed")
@@ -234,24 +253,13 @@ def _probe(run: RunFn, accel: str) -> Check:
     )
 
 
-@contextlib.contextmanager
-def _no_core_dumps() -> Iterator[None]:
-    """Children started inside get no core dumps.
-
-    QEMU 7.2 aborts after "failed to set MSR", and with core dumps enabled that would leave a
-    file of the size of the probe's memory in the working directory.
-    """
+def _accelerators(run: RunFn, binary: str) -> frozenset[str] | None:
+    """What ``binary -accel help`` lists, or None if QEMU is missing or said something else."""
     try:
-        import resource
-    except ImportError:  # Windows has no core dumps to suppress
-        yield
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
-    resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_CORE, (soft, hard))
+        result = run([binary, "-accel", "help"], timeout=PROBE_TIMEOUT, check=False)
+    except ToolError:
+        return None
+    return parse_accel_help(result.stdout) if result.ok else None
 
 
 def _first_error(stderr: str) -> str:
@@ -276,13 +284,27 @@ def parse_cpu_flags(cpuinfo: str) -> frozenset[str]:
     return frozenset()
 
 
-def _detect_linux(run: RunFn, paths: LinuxPaths, machine: str) -> HAVReport:
+def _detect_linux(run: RunFn, paths: LinuxPaths, machine: str, binary: str) -> HAVReport:
     system = "Linux"
-    if machine not in _X86:
+    arm = host_arch(machine) == "arm64"
+    if machine not in _X86 and not arm:
         arch = Check(
-            HOST_CPU, False, f"{machine}: vmkit's boxes are x86, so they run emulated here"
+            HOST_CPU, False, f"{machine}: vmkit has no box for this processor, so it runs emulated"
         )
         return HAVReport(False, "none", "tcg", (arch,), system)
+    checks: list[Check] = []
+    if arm:
+        # Arm CPUs show no virtualization flag in /proc/cpuinfo: /dev/kvm and the probe tell.
+        checks.append(Check(HOST_CPU, True, f"{machine}: vmkit's arm64 box runs natively"))
+        flag_check, kind = Check(CPU_FLAG, None, "not shown by Arm processors"), "kvm"
+    else:
+        flag_check, kind, vm = _x86_flags(paths)
+        checks += [flag_check, vm]
+    return _detect_kvm(run, paths, binary, checks, flag_check, kind)
+
+
+def _x86_flags(paths: LinuxPaths) -> tuple[Check, str, Check]:
+    """The VT-x/AMD-V finding, its kind, and whether this is a VM (from /proc/cpuinfo)."""
     try:
         flags = parse_cpu_flags(paths.cpuinfo.read_text(encoding="utf-8", errors="replace"))
     except OSError as e:
@@ -291,14 +313,19 @@ def _detect_linux(run: RunFn, paths: LinuxPaths, machine: str) -> HAVReport:
     else:
         flag_check = _flag_check(flags)
     kind = "vt-x" if "vmx" in flags else "amd-v" if "svm" in flags else "none"
-    checks = [flag_check]
     if "hypervisor" in flags:
-        checks.append(
-            Check(IN_VM, None, "yes: this computer is itself a virtual machine ('hypervisor' flag)")
+        vm = Check(
+            IN_VM, None, "yes: this computer is itself a virtual machine ('hypervisor' flag)"
         )
     else:
-        checks.append(Check(IN_VM, None, "no"))
+        vm = Check(IN_VM, None, "no")
+    return flag_check, kind, vm
 
+
+def _detect_kvm(
+    run: RunFn, paths: LinuxPaths, binary: str, checks: list[Check], flag_check: Check, kind: str
+) -> HAVReport:
+    system = "Linux"
     exists = paths.kvm.exists()
     if exists:
         checks.append(Check(KVM_DEVICE, True, "present"))
@@ -321,13 +348,14 @@ def _detect_linux(run: RunFn, paths: LinuxPaths, machine: str) -> HAVReport:
         )
 
     if access:
-        probe = _probe(run, "kvm")
+        probe = _probe(run, "kvm", binary)
     else:
         probe = Check(probe_name("kvm"), None, "not tried: /dev/kvm is missing or not accessible")
     checks.append(probe)
 
     # Without QEMU to probe with, the CPU flag and the device are all that can be known.
-    usable = probe.ok if probe.ok is not None else flag_check.ok is True and access
+    flag_ok = flag_check.ok is True or kind == "kvm"  # Arm: nothing to see in the CPU flags
+    usable = probe.ok if probe.ok is not None else flag_ok and access
     return HAVReport(usable, kind, "kvm" if usable else "tcg", tuple(checks), system)
 
 
@@ -350,22 +378,22 @@ def _sysctl(run: RunFn, key: str) -> str | None:
     return result.stdout.strip() if result.ok else None
 
 
-def _detect_macos(run: RunFn, machine: str) -> HAVReport:
-    system = "Darwin"
+def _detect_macos(run: RunFn, machine: str, binary: str) -> HAVReport:
     hv = _sysctl(run, "kern.hv_support")
     vmm = _sysctl(run, "kern.hv_vmm_present")
     checks: list[Check] = []
     if machine not in _X86:
+        # Apple silicon has no VMX flag to read: Hypervisor.framework runs Arm guests.
         checks.append(
             Check(
                 HOST_CPU,
-                False,
-                f"{machine} (Apple silicon): Hypervisor.framework runs only ARM guests, "
-                "so vmkit's x86 boxes run emulated",
+                True,
+                f"{machine} (Apple silicon): the arm64 box runs with HVF; x86 boxes run emulated",
             )
         )
+        checks.append(Check(IN_VM, None, "yes: kern.hv_vmm_present = 1" if vmm == "1" else "no"))
         checks.append(Check(HV_SUPPORT, hv == "1", f"kern.hv_support = {hv or 'unknown'}"))
-        return HAVReport(False, "none", "tcg", tuple(checks), system)
+        return _hvf(run, binary, hv, checks)
 
     features = _sysctl(run, "machdep.cpu.features")
     if features is None:
@@ -380,8 +408,13 @@ def _detect_macos(run: RunFn, machine: str) -> HAVReport:
     else:
         checks.append(Check(HV_SUPPORT, hv == "1", f"kern.hv_support = {hv}"))
 
+    return _hvf(run, binary, hv, checks)
+
+
+def _hvf(run: RunFn, binary: str, hv: str | None, checks: list[Check]) -> HAVReport:
+    system = "Darwin"
     if hv == "1":
-        probe = _probe(run, "hvf")
+        probe = _probe(run, "hvf", binary)
     else:
         probe = Check(probe_name("hvf"), None, "not tried: Hypervisor.framework is not supported")
     checks.append(probe)
@@ -505,8 +538,13 @@ def _detect_windows(run: RunFn, machine: str) -> HAVReport:
     facts = _windows_facts(run)
     checks = [Check(WINDOWS_FACTS, None, f"read from {facts.source}")]
     if machine not in _X86:
+        # QEMU's WHPX accelerator runs x86 guests on x86 Windows only.
         checks.append(
-            Check(HOST_CPU, False, f"{machine}: vmkit's boxes are x86, so they run emulated")
+            Check(
+                HOST_CPU,
+                False,
+                f"{machine}: QEMU has no WHPX for Arm, so even the arm64 box runs emulated",
+            )
         )
         return HAVReport(False, "none", "tcg", tuple(checks), system)
     amd = facts.vendor == "AuthenticAMD"
@@ -559,7 +597,7 @@ _SHORT = {
     probe_name("kvm"): "KVM probe failed",
     probe_name("hvf"): "HVF probe failed",
     probe_name("whpx"): "WHPX probe failed",
-    HOST_CPU: "not an x86 processor",
+    HOST_CPU: "no accelerator for this processor",
     HV_SUPPORT: "Hypervisor.framework not supported",
     FIRMWARE: "turned off in the BIOS/UEFI",
     BOOT_PROOF: "the accelerator could not boot the box's kernel",
@@ -645,8 +683,8 @@ def explain(report: HAVReport) -> str:
     host_cpu = report.check(HOST_CPU)
     if host_cpu is not None and host_cpu.ok is False:
         paragraphs.append(
-            "This computer's processor is not an x86 processor, and vmkit's boxes are x86 "
-            "(amd64/i386): they can only be emulated here. There is nothing to enable."
+            f"QEMU cannot accelerate guests on this processor ({host_cpu.detail}): vmkit's "
+            "boxes (amd64, i386, arm64) can only be emulated here. There is nothing to enable."
         )
     elif report.kind == "whpx" or (report.system == "Windows" and report.usable):
         paragraphs.append(_HYPERV)

@@ -1,13 +1,29 @@
-"""The qemu-system command line of a vmkit VM, as a pure function of its settings."""
+"""The qemu-system command line of a vmkit VM, as a pure function of its settings.
+
+What differs per guest architecture: x86 boxes boot on the ``pc`` machine; arm64 boxes on the
+Arm ``virt`` machine, whose PCIe root bus takes no hot-plugged device, so ``HOTPLUG_PORTS``
+empty ``pcie-root-port``s are made at boot for virtio-fs shares added later. What differs per
+host OS: guest RAM is a shared memfd on Linux only (memfd is Linux's; virtio-fs needs it and
+exists only there), and QEMU on Windows can neither ``-daemonize`` nor listen on a unix socket
+that Python could reach, so QMP is on a TCP port of 127.0.0.1 there.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import attrs
 
 #: The user-mode network's id; live forwards name it in ``hostfwd_add``.
 NETDEV_ID = "net0"
+#: Empty PCIe root ports an arm64 (``virt``) VM gets for hot-plugged devices, and their ids.
+HOTPLUG_PORTS = 4
+HOTPLUG_PORT_ID = "vmkit-hp{}"
+#: On HVF (Apple silicon) the ``virt`` machine's high memory map needs a 40-bit physical
+#: address space, more than M1's 36 bits, unless QEMU fits it in; ``highmem=off`` keeps every
+#: device below 4 GiB, which leaves room for at most 3 GiB of RAM (RAM starts at 1 GiB).
+HVF_LOW_MEMORY_MAX = 3072
 
 
 @attrs.frozen
@@ -24,33 +40,48 @@ class QemuConfig:
     disk: Path
     seed: Path
     ssh_port: int
-    qmp: Path
+    #: QMP's unix socket; or, where QEMU runs on Windows, a TCP port on 127.0.0.1.
+    qmp: Path | int
     pidfile: Path
     serial_log: Path
+    arch: str = "amd64"  # "amd64", "i386" or "arm64"
+    host_os: str = sys.platform  # "linux", "darwin" or "win32"
 
 
 def build_argv(binary: str, c: QemuConfig) -> list[str]:
-    """The argv that boots ``c``, daemonized, with QMP on a unix socket."""
-    if c.accel == "tcg":
-        # Lima's speed settings for TCG; a 256 MiB code buffer instead of 1 GiB keeps QEMU's RSS down.
-        accel = ["-accel", "tcg,thread=multi,tb-size=256", "-cpu", "max"]
+    """The argv that boots ``c`` in the background, with QMP to talk to it."""
+    arm = c.arch == "arm64"
+    shared_memory = c.host_os == "linux"
+    machine = "virt" if arm else "pc"
+    if arm and c.accel == "hvf":
+        machine += ",highmem=off" if c.memory <= HVF_LOW_MEMORY_MAX else ",highmem=on"
+    memory: list[str] = []
+    if shared_memory:
+        # Guest RAM as a shared memfd: virtio-fs shares hot-plugged later need it, and it
+        # cannot be changed on a running VM.
+        memory = ["-object", f"memory-backend-memfd,id=mem,size={c.memory}M,share=on"]
+        machine += ",memory-backend=mem"
+    hotplug: list[str] = []
+    if arm:
+        for i in range(HOTPLUG_PORTS):
+            port_id = HOTPLUG_PORT_ID.format(i)
+            hotplug += ["-device", f"pcie-root-port,id={port_id},chassis={i + 1}"]
+    if isinstance(c.qmp, Path):
+        qmp = f"unix:{_opt(c.qmp)},server=on,wait=off"
     else:
-        accel = ["-accel", c.accel, "-cpu", "host"]
+        qmp = f"tcp:127.0.0.1:{c.qmp},server=on,wait=off"
     return [
         binary,
         "-name",
         f"vmkit-{c.name},process=vmkit-{c.name}",
-        # Guest RAM as a shared memfd: virtio-fs shares hot-plugged later need it, and it
-        # cannot be changed on a running VM.
-        "-object",
-        f"memory-backend-memfd,id=mem,size={c.memory}M,share=on",
+        *memory,
         "-machine",
-        "pc,memory-backend=mem",
+        machine,
         "-m",
         f"{c.memory}M",
         "-smp",
         str(c.cpus),
-        *accel,
+        *accel_args(c.accel, c.arch),
         "-nodefaults",
         "-no-user-config",
         "-display",
@@ -61,6 +92,7 @@ def build_argv(binary: str, c: QemuConfig) -> list[str]:
         str(c.initrd),
         "-append",
         c.cmdline,
+        *hotplug,
         "-drive",
         f"file={_opt(c.disk)},if=virtio,format=qcow2,discard=unmap",
         "-drive",
@@ -74,11 +106,27 @@ def build_argv(binary: str, c: QemuConfig) -> list[str]:
         "-serial",
         f"file:{_opt(c.serial_log)}",
         "-qmp",
-        f"unix:{_opt(c.qmp)},server=on,wait=off",
+        qmp,
         "-pidfile",
         str(c.pidfile),
-        "-daemonize",
+        # QEMU for Windows has no -daemonize: the provider starts it detached there.
+        *([] if c.host_os == "win32" else ["-daemonize"]),
     ]
+
+
+def accel_args(accel: str, arch: str) -> list[str]:
+    """``-accel`` and ``-cpu`` for ``accel`` running an ``arch`` guest."""
+    if accel == "tcg":
+        # Lima's speed settings for TCG; a 256 MiB code buffer instead of 1 GiB keeps QEMU's
+        # RSS down. On Arm, QEMU's own pointer-authentication algorithm (pauth-impdef) is
+        # much cheaper to emulate than the architected one, and the guest cannot tell.
+        cpu = "max,pauth-impdef=on" if arch == "arm64" else "max"
+        return ["-accel", "tcg,thread=multi,tb-size=256", "-cpu", cpu]
+    if accel == "whpx":
+        # WHPX has no "host" CPU model (QEMU offers it with KVM and HVF only); its in-kernel
+        # interrupt controller is what QEMU's Windows guides turn off when guests stall.
+        return ["-accel", "whpx,kernel-irqchip=off"]
+    return ["-accel", accel, "-cpu", "host"]
 
 
 def _opt(path: Path) -> str:

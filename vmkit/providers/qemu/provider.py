@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -19,8 +17,8 @@ from vmkit.errors import (
     QMPError,
     VmkitError,
 )
-from vmkit.host import procs
-from vmkit.host.accel import QEMU_BINARY
+from vmkit.host import procs, signals
+from vmkit.host.arch import find_qemu
 from vmkit.host.netutil import free_port, read_banner
 from vmkit.host.runner import ErrorRule, Result, run, which
 from vmkit.progress import Progress
@@ -118,6 +116,7 @@ class QemuProvider:
             qmp=f.qmp,
             pidfile=f.pid,
             serial_log=f.serial_log,
+            arch=record.arch,
         )
 
     def start(self, record: VMRecord, progress: Progress) -> None:
@@ -128,7 +127,7 @@ class QemuProvider:
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
         self._check_box(record)
-        binary = which(QEMU_BINARY)
+        binary = find_qemu(record.arch)
         # Another program can take the chosen port between the check and QEMU's bind; try again.
         assert record.ssh is not None
         for attempt in range(3):
@@ -181,8 +180,7 @@ class QemuProvider:
         if not procs.wait_gone(pid, 5):
             procs.terminate(pid, marker)
         if procs.alive(pid, marker):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            signals.kill(pid)
             procs.wait_gone(pid, 5)
 
     def destroy(self, record: VMRecord) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +19,7 @@ import attrs
 
 from vmkit.errors import GuestModuleMissing, NotSupported, ProviderError, QMPError, VmkitError
 from vmkit.guest.ssh import SSHSession
-from vmkit.host import procs
+from vmkit.host import procs, signals
 from vmkit.host.faults import point
 from vmkit.host.runner import spawn
 from vmkit.mechanisms.base import (
@@ -30,6 +29,7 @@ from vmkit.mechanisms.base import (
     prepare_mountpoint,
     unmount,
 )
+from vmkit.providers.qemu.argv import HOTPLUG_PORT_ID, HOTPLUG_PORTS
 from vmkit.providers.qemu.qmp import QMP
 from vmkit.state import ShareSpec, VMRecord
 
@@ -67,7 +67,7 @@ class VirtioFS:
 
     def check(self) -> None:
         find_virtiofsd()
-        if os.geteuid() != 0:
+        if not signals.is_root():
             # Debian 12's virtiofsd (the C one in qemu-system-common) sandboxes itself with
             # namespaces and pivot_root, which needs root; the Rust virtiofsd does not.
             raise NotSupported(
@@ -131,15 +131,7 @@ class VirtioFS:
                 )
                 undo.append(lambda: self._chardev_remove(tag))
                 point("virtiofs:chardev")
-                q.execute(
-                    "device_add",
-                    {
-                        "driver": "vhost-user-fs-pci",
-                        "chardev": f"chr-{tag}",
-                        "tag": tag,
-                        "id": f"dev-{tag}",
-                    },
-                )
+                self._device_add(q, tag)
                 undo.append(lambda: self._device_del(tag))
                 point("virtiofs:device")
             ssh = self.ssh()
@@ -166,6 +158,25 @@ class VirtioFS:
                     step()
             raise
         return attrs.evolve(spec, mechanism=self.name, tag=tag)
+
+    def _device_add(self, q: QMP, tag: str) -> None:
+        device = {
+            "driver": "vhost-user-fs-pci",
+            "chardev": f"chr-{tag}",
+            "tag": tag,
+            "id": f"dev-{tag}",
+        }
+        if self.record.arch != "arm64":
+            q.execute("device_add", device)
+            return
+        # The Arm virt machine hot-plugs only into the empty root ports made at boot: the
+        # first free one takes it (QEMU refuses a port that holds a device already).
+        ports = [HOTPLUG_PORT_ID.format(i) for i in range(HOTPLUG_PORTS)]
+        for port in ports[:-1]:
+            with contextlib.suppress(QMPError):
+                q.execute("device_add", {**device, "bus": port})
+                return
+        q.execute("device_add", {**device, "bus": ports[-1]})
 
     def remove(self, spec: ShareSpec) -> None:
         tag = spec.tag or share_tag(spec.target)

@@ -14,8 +14,6 @@ because ``nsenter`` starts the command in ``/``.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import tempfile
 import time
@@ -23,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from vmkit.errors import CommandTimeout
-from vmkit.host import runner
+from vmkit.host import runner, signals
 from vmkit.host.runner import Result
 from vmkit.progress import Progress, no_progress
 from vmkit.providers.vagrant import parse
@@ -140,11 +138,9 @@ def _report(log: Path, seen: int, progress: Progress, *, final: bool = False) ->
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:
     """TERM the process group ``spawn`` made for ``proc``, KILL it if it lingers."""
+    signals.end_group(proc.pid, hard=False)
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=_KILL_GRACE)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        signals.end_group(proc.pid, hard=True)
         proc.wait(timeout=_KILL_GRACE)
-    except ProcessLookupError:
-        pass
