@@ -30,7 +30,11 @@ def register(group: click.Group) -> None:
     help="Where it appears in the guest (default: the same path).",
 )
 @click.option("--readonly", is_flag=True, help="The guest may read but not write.")
-@click.option("--force", is_flag=True, help="Allow sharing / or your whole home folder.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Allow sharing / or your home folder, or a guest system folder as --to (never /).",
+)
 @click.option(
     "--mechanism",
     type=click.Choice(["virtiofs", "sshfs", "vboxsf"]),
