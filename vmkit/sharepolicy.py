@@ -71,7 +71,7 @@ def host_source(path: str | os.PathLike[str], *, force: bool) -> HostSource:
             f"sharing {resolved} would expose everything in it to the VM",
             hint="share a subfolder, or pass --force",
         )
-    notes = ()
+    notes: tuple[str, ...] = ()
     if given.is_symlink() or Path(os.path.abspath(given)) != resolved:
         notes = (f"{given} is a symlink: sharing the folder it points to, {resolved}",)
     return HostSource(resolved, notes)
