@@ -959,14 +959,16 @@ def attach(
     key: str | os.PathLike[str] | None = None,
     fingerprint: str | None = None,
     user: str | None = None,
+    trust_new_host_key: bool = False,
     progress: Progress = no_progress,
 ) -> VM:
     """Adopt a machine vmkit did not create, so share/forward/ssh work on it.
 
     ``ssh://user@host[:port]`` (needs ``key``), ``virtualbox:VMNAME`` (e.g. docker-machine's
-    ``default``) or ``vagrant:PROJECT_DIR[:MACHINE]``. The guest's host key is pinned now:
-    from ``~/.ssh/known_hosts`` or Vagrant when they know it, else as offered (trust on
-    attach; pass ``fingerprint`` to check it).
+    ``default``) or ``vagrant:PROJECT_DIR[:MACHINE]``. The guest's host key is pinned now.
+    An SSH host's key comes from ``~/.ssh/known_hosts``; if that does not list the host, the
+    key offered must match ``fingerprint``, or ``trust_new_host_key`` must say to take it as
+    offered (else ``HostKeyUnknown``, which shows its fingerprint).
     """
     check_name(name)
     scheme = url.split(":", 1)[0]
@@ -980,7 +982,10 @@ def attach(
                 "attaching an SSH host needs its private key", hint="pass --key PATH"
             )
         endpoint = endpoint_for(
-            url, Path(os.fspath(key)).expanduser(), expected_fingerprint=fingerprint
+            url,
+            Path(os.fspath(key)).expanduser(),
+            expected_fingerprint=fingerprint,
+            trust_new_host_key=trust_new_host_key,
         )
         record = VMRecord(name=name, provider="ssh", ssh=endpoint, extra={"url": url})
     elif scheme == "virtualbox":

@@ -273,6 +273,11 @@ def repair(name: str | None) -> None:
 @click.option("--user", help="SSH user (virtualbox: VMs; default: docker-machine's 'docker').")
 @click.option("--fingerprint", help="Expected SHA256:... host key fingerprint.")
 @click.option(
+    "--trust-new-host-key",
+    is_flag=True,
+    help="ssh://: pin the host key as offered when known_hosts does not list the host.",
+)
+@click.option(
     "--refresh",
     is_flag=True,
     help="Finish an attached VirtualBox VM's SSH part: read its host key, confirm, pin it.",
@@ -284,6 +289,7 @@ def attach(
     key: str | None,
     user: str | None,
     fingerprint: str | None,
+    trust_new_host_key: bool,
     refresh: bool,
     yes: bool,
 ) -> None:
@@ -299,7 +305,13 @@ def attach(
     if not url or not name:
         raise click.UsageError("give the machine and --name NAME (or --refresh NAME)")
     vm = api.attach(
-        url, name, key=key, user=user, fingerprint=fingerprint, progress=progress_printer()
+        url,
+        name,
+        key=key,
+        user=user,
+        fingerprint=fingerprint,
+        trust_new_host_key=trust_new_host_key,
+        progress=progress_printer(),
     )
     ep = vm.record.ssh
     console.print(f"[green]✓[/] attached {url} as [bold]{name}[/]", soft_wrap=True)

@@ -1,5 +1,10 @@
 """virtio-fs shares hot-plugged into a running QEMU guest.
 
+Each ``virtiofsd`` runs confined by vmkit/host/fsguard.py: in a user namespace where the host
+user is the guest's login user, with the share bind-mounted (read-only for ``--readonly``),
+and a seccomp filter that keeps set-id bits, device nodes, chown and foreign owners out of the
+host folder. So ownership and read-only hold on the host, and no root is needed.
+
 Per share: one ``virtiofsd`` for the host folder, a QMP ``chardev-add`` for its socket, a
 ``device_add vhost-user-fs-pci`` and a ``mount -t virtiofs`` in the guest. Guest RAM must be a
 shared memory backend (vmkit's QEMU command line makes it so); without it virtiofsd dies and
@@ -10,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -20,9 +24,9 @@ import attrs
 
 from vmkit.errors import GuestModuleMissing, NotSupported, ProviderError, QMPError, VmkitError
 from vmkit.guest.ssh import SSHSession
-from vmkit.host import procs
+from vmkit.host import fsguard, procs
 from vmkit.host.faults import point
-from vmkit.host.runner import spawn
+from vmkit.host.runner import run, spawn
 from vmkit.mechanisms.base import (
     Leftover,
     guest_mountpoints,
@@ -67,11 +71,14 @@ class VirtioFS:
 
     def check(self) -> None:
         find_virtiofsd()
-        if os.geteuid() != 0:
-            # Debian 12's virtiofsd (the C one in qemu-system-common) sandboxes itself with
-            # namespaces and pivot_root, which needs root; the Rust virtiofsd does not.
+        r = run(["unshare", "--user", "--map-root-user", "--mount", "true"], check=False)
+        if not r.ok:
+            # virtiofsd runs in a user namespace (vmkit/host/fsguard.py): without one it
+            # could neither map ownership nor enforce --readonly on the host.
             raise NotSupported(
-                "virtiofsd needs root on this host", hint="run vmkit as root, or use sshfs"
+                f"this host does not allow user namespaces ({r.stderr.strip() or r.exit_code})",
+                hint="allow them (sysctl user.max_user_namespaces, "
+                "kernel.unprivileged_userns_clone) or use sshfs",
             )
         with self._qmp() as q:
             memdevs = q.execute("query-memdev")
@@ -96,24 +103,34 @@ class VirtioFS:
         try:
             with contextlib.suppress(FileNotFoundError):
                 sock.unlink()
+            uid, gid = _login_ids(self.ssh())
+            server = [
+                find_virtiofsd(),
+                "-f",
+                f"--socket-path={sock}",
+                "-o",
+                "source=" + _fuse_opt_escape(spec.source),
+                "-o",
+                # No "-o xattr": it costs a host round trip per file on every
+                # listing (measured: `ls -l` of 2000 files 7x slower) and
+                # bind mounts into containers do not need extended attributes.
+                "cache=auto",
+                # No device nodes, no file capabilities (fsguard's filter also refuses them).
+                "-o",
+                "modcaps=-mknod:-setfcap",
+                # fsguard raised the descriptor limit; a user namespace cannot raise it more.
+                "--rlimit-nofile=0",
+            ]
             proc = spawn(
-                [
-                    find_virtiofsd(),
-                    "-f",
-                    f"--socket-path={sock}",
-                    "-o",
-                    "source=" + _fuse_opt_escape(spec.source),
-                    "-o",
-                    # No "-o xattr": it costs a host round trip per file on every
-                    # listing (measured: `ls -l` of 2000 files 7x slower) and
-                    # bind mounts into containers do not need extended attributes.
-                    "cache=auto",
-                ],
+                fsguard.command(
+                    spec.source, readonly=spec.readonly, uid=uid, gid=gid, server=server
+                ),
                 log=files.virtiofs_log(tag),
             )
             pidfile.write_text(str(proc.pid))
             undo.append(lambda: _stop_daemon(pidfile, sock))
             _wait_socket(sock, proc.pid, timeout=10)
+            sock.chmod(0o600)
             point("virtiofs:daemon")
             with self._qmp() as q:
                 q.execute(
@@ -260,6 +277,15 @@ def _daemons(folder: Path) -> dict[str, int]:
             if arg.startswith("--socket-path=") and m:
                 found.setdefault(m.group(), pid)
     return found
+
+
+def _login_ids(ssh: SSHSession) -> tuple[int, int]:
+    """The guest login user's uid and gid: the host user's files appear as theirs."""
+    out = ssh.run(["sh", "-c", "id -u; id -g"]).stdout.split()
+    try:
+        return int(out[0]), int(out[1])
+    except (IndexError, ValueError):
+        raise ProviderError(f"the guest's `id` printed {out!r}, not a uid and a gid") from None
 
 
 def _fuse_opt_escape(value: str) -> str:

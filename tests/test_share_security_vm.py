@@ -1,0 +1,251 @@
+"""Issue 15 on a real QEMU VM: a share cannot hurt the host, whatever root in the guest does.
+
+docs/security.md names these tests line by line.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import stat
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.vmfixtures import BUSYBOX_IMAGE, SESSION_VM, vmkit_cli
+from vmkit.errors import InvalidInput, VmkitError
+
+pytestmark = pytest.mark.vm
+
+#: What a container (root in it) tries, to plant a setuid-root program on the host.
+PLANT = "cp /bin/busybox {d}/x && chmod 4755 {d}/x && chown 0:0 {d}/x; mknod {d}/mem c 1 3"
+
+
+@pytest.fixture
+def share_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "d"
+    d.mkdir()
+    tmp_path.chmod(0o755)
+    return d
+
+
+def _assert_nothing_planted(d: Path) -> None:
+    """What PLANT left on the host is the sharing user's, with no set-id bit and no device."""
+    for p in d.iterdir():
+        st = p.lstat()
+        assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid()), f"{p} is {st}"
+        assert not st.st_mode & (stat.S_ISUID | stat.S_ISGID), f"{p} is {oct(st.st_mode)}"
+        assert stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode), f"{p} is {oct(st.st_mode)}"
+
+
+def test_virtiofs_container_cannot_plant_setuid_root_or_devices(
+    vm: Any, vm_home: Path, share_dir: Path
+) -> None:
+    r = vmkit_cli(
+        "run", BUSYBOX_IMAGE, "--share", str(share_dir), "--vm", SESSION_VM, "--",
+        "sh", "-c", PLANT.format(d=share_dir), home=vm_home, check=False,
+    )  # fmt: skip
+    try:
+        assert (share_dir / "x").exists(), r.stdout + r.stderr
+        _assert_nothing_planted(share_dir)
+        assert not (share_dir / "mem").exists()
+        # The same through a hand-made bind mount of the share in the VM.
+        plant = PLANT.format(d=share_dir).replace("/x", "/y").replace("/mem", "/mem2")
+        vm.run(
+            ["docker", "run", "--rm", "-v", f"{share_dir}:{share_dir}", BUSYBOX_IMAGE,
+             "sh", "-c", plant],
+            sudo=True, check=False,
+        )  # fmt: skip
+        assert (share_dir / "y").exists()
+        _assert_nothing_planted(share_dir)
+        # The guest's login user reads and writes a read-write share, whatever the host uid.
+        vm.run(["sh", "-c", 'echo mine > "$1/z" && cat "$1/x" > /dev/null', "sh", str(share_dir)])
+        assert (share_dir / "z").read_text() == "mine\n"
+        _assert_nothing_planted(share_dir)
+    finally:
+        vmkit_cli("unshare", str(share_dir), "--vm", SESSION_VM, home=vm_home, check=False)
+
+
+@pytest.mark.parametrize("mechanism", ["virtiofs", "sshfs"])
+def test_guest_root_remounting_a_readonly_share_rw_cannot_write_the_host(
+    vm: Any, share_dir: Path, mechanism: str
+) -> None:
+    (share_dir / "keep").write_text("host")
+    vm.share(share_dir, readonly=True, mechanism=mechanism)
+    try:
+        vm.run(["mount", "-o", "remount,rw", str(share_dir)], sudo=True, check=False)
+        for argv in (
+            ["sh", "-c", 'echo guest > "$1/keep"', "sh", str(share_dir)],
+            ["touch", f"{share_dir}/new"],
+            ["rm", "-f", f"{share_dir}/keep"],
+            ["chmod", "777", f"{share_dir}/keep"],
+        ):
+            vm.run(argv, sudo=True, check=False)
+        assert sorted(os.listdir(share_dir)) == ["keep"]
+        assert (share_dir / "keep").read_text() == "host"
+        assert stat.S_IMODE((share_dir / "keep").stat().st_mode) != 0o777
+    finally:
+        vm.unshare(share_dir)
+
+
+def _sftp_open(req_id: int, path: str, pflags: int) -> bytes:
+    """An SSH_FXP_OPEN packet (SFTP v3) for ``path``, no attributes."""
+    raw = path.encode()
+    body = struct.pack(">BII", 3, req_id, len(raw)) + raw + struct.pack(">II", pflags, 0)
+    return struct.pack(">I", len(body)) + body
+
+
+#: Sends one SFTP request down the guest sshfs's own channel (its stdout, while it is stopped)
+#: and prints the answer's packet type and status code. Guest root can do this to any sshfs.
+_HIJACK = r"""
+pid=$(pgrep -x sshfs | head -n1)
+kill -STOP "$pid"
+printf "$1" > /proc/$pid/fd/1
+timeout 10 dd if=/proc/$pid/fd/0 bs=1 count=$2 2>/dev/null | od -An -tu1 -v
+kill -CONT "$pid"
+"""
+
+
+def _hijack(vm: Any, packet: bytes) -> list[int]:
+    octal = "".join(f"\\{b:03o}" for b in packet)
+    # A status reply: length(4) type(1) id(4) code(4) message(4+n) language(4): read 17 first.
+    out = vm.run(["sh", "-c", _HIJACK, "sh", octal, "17"], sudo=True, timeout=60).stdout
+    return [int(x) for x in out.split()]
+
+
+def test_sshfs_channel_refuses_host_paths_outside_the_share_and_readonly_writes(
+    vm: Any, tmp_path: Path, share_dir: Path
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("host secret")
+    vm.share(share_dir, readonly=True, mechanism="sshfs")
+    try:
+        READ, WRITE_CREAT = 0x01, 0x02 | 0x08
+        for req_id, path, flags in (
+            (0x7F000001, str(secret), READ),
+            (0x7F000002, f"{share_dir}/../secret", READ),
+            (0x7F000003, "/etc/shadow", READ),
+            (0x7F000004, f"{share_dir}/planted", WRITE_CREAT),
+        ):
+            got = _hijack(vm, _sftp_open(req_id, path, flags))
+            assert len(got) == 17, got
+            assert got[4] == 101, f"{path}: not a status reply but {got}"  # SSH_FXP_STATUS
+            assert got[5:9] == list(req_id.to_bytes(4, "big"))
+            assert got[9:13] == [0, 0, 0, 3], f"{path}: {got}"  # SSH_FX_PERMISSION_DENIED
+        assert os.listdir(share_dir) == []
+    finally:
+        vm.unshare(share_dir)
+
+
+def test_system_targets_are_refused_before_anything_changes(
+    vm: Any, vm_home: Path, share_dir: Path
+) -> None:
+    vm.run(["ln", "-sfn", "/etc", "/tmp/etc-link"])
+    for to, force in (
+        ("/etc", False),
+        ("/", True),
+        ("/tmp/etc-link", False),
+        ("/srv/../usr", False),
+    ):
+        with pytest.raises(InvalidInput):
+            vm.share(share_dir, target=to, force=force)
+    home = vm.run(["sh", "-c", "echo $HOME"]).stdout.strip()
+    r = vmkit_cli(
+        "share", str(share_dir), "--to", home, "--vm", SESSION_VM, home=vm_home, check=False
+    )
+    assert r.returncode == 1 and "home folder of the login user" in r.stderr, r.stderr
+    assert vm.shares() == [] and vm.active_shares() == []
+
+
+@pytest.fixture
+def other_user() -> Iterator[pwd.struct_passwd]:
+    """A plain host user made for the test (CI runs as root)."""
+    name = f"vmkit-t{os.getpid() % 100000}"
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", name], check=True)
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", name], check=False)
+
+
+def test_virtiofs_as_a_plain_host_user(vm: Any, tmp_path: Path, other_user: Any) -> None:
+    """A plain user's virtiofsd, confined by vmkit's fsguard with no root, serves the guest;
+    what the guest's login user and root write is that user's (QEMU runs as root here)."""
+    from vmkit.host import fsguard
+    from vmkit.providers.qemu.qmp import QMP
+
+    uid, gid = other_user.pw_uid, other_user.pw_gid
+    run_dir, src = tmp_path / "run", tmp_path / "data"
+    for d in (run_dir, src):
+        d.mkdir()
+        shutil.chown(d, uid, gid)
+    tmp_path.chmod(0o755)
+    sock = run_dir / "vfs.sock"
+    login = [int(x) for x in vm.run(["sh", "-c", "id -u; id -g"]).stdout.split()]
+    server = ["/usr/lib/qemu/virtiofsd", "-f", f"--socket-path={sock}", "-o", f"source={src}",
+              "-o", "cache=auto", "--rlimit-nofile=0"]  # fmt: skip
+    argv = fsguard.command(str(src), readonly=False, uid=login[0], gid=login[1], server=server)
+    daemon = subprocess.Popen(
+        ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            assert daemon.poll() is None, daemon.communicate()[0]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert _uid_of(daemon.pid) == uid
+        with QMP(vm.record.files.qmp) as q:
+            q.execute(
+                "chardev-add",
+                {
+                    "id": "chr-plain",
+                    "backend": {
+                        "type": "socket",
+                        "data": {
+                            "addr": {"type": "unix", "data": {"path": str(sock)}},
+                            "server": False,
+                        },
+                    },
+                },
+            )
+            q.execute("device_add", {"driver": "vhost-user-fs-pci", "chardev": "chr-plain",
+                                     "tag": "plain", "id": "dev-plain"})  # fmt: skip
+        vm.run(["mkdir", "-p", "/mnt/plain"], sudo=True)
+        deadline = time.monotonic() + 10
+        while not vm.run(["mount", "-t", "virtiofs", "plain", "/mnt/plain"], sudo=True,
+                         check=False).ok:  # fmt: skip
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        vm.run(["sh", "-c", "echo hi > /mnt/plain/f && mkdir /mnt/plain/sub"])
+        vm.run(["sh", "-c", "echo root > /mnt/plain/g"], sudo=True)
+        for name in ("f", "sub", "g"):
+            st = (src / name).stat()
+            assert (st.st_uid, st.st_gid) == (uid, gid), name
+    finally:
+        vm.run(["umount", "/mnt/plain"], sudo=True, check=False)
+        with QMP(vm.record.files.qmp) as q:
+            for cmd, args in (("device_del", {"id": "dev-plain"}),
+                              ("chardev-remove", {"id": "chr-plain"})):  # fmt: skip
+                deadline = time.monotonic() + 15
+                while True:
+                    try:
+                        q.execute(cmd, args)
+                        break
+                    except VmkitError:
+                        if cmd == "device_del" or time.monotonic() > deadline:
+                            break
+                        time.sleep(0.2)
+        daemon.terminate()
+        daemon.wait(10)
+
+
+def _uid_of(pid: int) -> int:
+    return os.stat(f"/proc/{pid}").st_uid

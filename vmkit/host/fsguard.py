@@ -1,0 +1,110 @@
+"""Run a file server so that nothing it writes can hurt the host: ``python -m vmkit.host.fsguard
+[--readonly] SOURCE -- SERVER ARGS...``.
+
+A virtio-fs server writes what the guest asks for, with the guest's uids, set-id bits and
+device numbers; Debian 12's virtiofsd can map none of them. This wrapper gives the server:
+
+- a seccomp filter, kept across ``exec`` and by every thread: ``chmod``/``open``/``mknod`` with
+  a setuid or setgid bit and ``mknod`` of a device fail with EPERM, every ``chown`` fails with
+  EPERM, and ``setresuid``/``setresgid`` do nothing (virtiofsd switches to the guest caller's
+  uid to create a file; it stays the host user instead, so every new file is the host user's);
+- a user + mount namespace in which ``SOURCE`` is bind-mounted ``nosuid,nodev`` and, for
+  ``--readonly``, read-only, so no guest request can change it (a ``mount -o remount,rw`` in
+  the guest included);
+- a second user namespace in which the host user is the guest's login user (``--uid``,
+  ``--gid``): the guest sees the host user's files as its login user's, and may write them.
+
+It needs no privilege where the host allows unprivileged user namespaces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import resource
+import stat
+import sys
+from collections.abc import Sequence
+
+import pyseccomp as seccomp
+
+#: Set-id bits: never stored through a share.
+_SETID = (stat.S_ISUID, stat.S_ISGID)
+_S_IFMT = 0o170000
+#: Where each call carries the new file's mode.
+_MODE_ARG = {"chmod": 1, "fchmod": 1, "fchmodat": 2, "open": 2, "openat": 3, "creat": 1}
+_MKNOD_MODE_ARG = {"mknod": 1, "mknodat": 2}
+_CHOWN = ("chown", "fchown", "lchown", "fchownat")
+_SETID_CALLS = ("setresuid", "setresgid", "setuid", "setgid", "setreuid", "setregid")
+
+#: Mounts the share (bind, nosuid, nodev, maybe read-only) inside the new mount namespace,
+#: then maps the host user to the guest's login user in a nested user namespace.
+_SETUP = """
+set -e
+mount --bind -- "$1" "$1"
+mount -o "remount,bind,nosuid,nodev$2" -- "$1"
+uid=$3 gid=$4
+shift 4
+exec unshare --user --map-user="$uid" --map-group="$gid" --keep-caps -- "$@"
+"""
+
+
+def install_filter() -> None:
+    """Install the seccomp filter described in the module docstring on this process."""
+    f = seccomp.SyscallFilter(seccomp.ALLOW)
+    deny = seccomp.ERRNO(errno.EPERM)
+    for call, arg in _MODE_ARG.items():
+        for bit in _SETID:
+            f.add_rule(deny, call, seccomp.Arg(arg, seccomp.MASKED_EQ, bit, bit))
+    for call, arg in _MKNOD_MODE_ARG.items():
+        for bit in _SETID:
+            f.add_rule(deny, call, seccomp.Arg(arg, seccomp.MASKED_EQ, bit, bit))
+        for kind in (stat.S_IFCHR, stat.S_IFBLK):
+            f.add_rule(deny, call, seccomp.Arg(arg, seccomp.MASKED_EQ, _S_IFMT, kind))
+    for call in _CHOWN:
+        f.add_rule(deny, call)
+    # openat2 carries its mode in a struct seccomp cannot read; glibc falls back on ENOSYS.
+    f.add_rule(seccomp.ERRNO(errno.ENOSYS), "openat2")
+    for call in _SETID_CALLS:
+        f.add_rule(seccomp.ERRNO(0), call)
+    f.load()
+
+
+def command(source: str, *, readonly: bool, uid: int, gid: int, server: Sequence[str]) -> list[str]:
+    """The argv that runs ``server`` confined as the module docstring says."""
+    return [
+        sys.executable,
+        "-m",
+        "vmkit.host.fsguard",
+        *(["--readonly"] if readonly else []),
+        f"--uid={uid}",
+        f"--gid={gid}",
+        source,
+        "--",
+        *server,
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m vmkit.host.fsguard")
+    p.add_argument("--readonly", action="store_true")
+    p.add_argument("--uid", type=int, required=True, help="the guest's login uid")
+    p.add_argument("--gid", type=int, required=True, help="the guest's login gid")
+    p.add_argument("source")
+    p.add_argument("server", nargs=argparse.REMAINDER)
+    a = p.parse_args(argv)
+    server = a.server[1:] if a.server[:1] == ["--"] else a.server
+    # virtiofsd keeps a descriptor per file the guest has looked up; it cannot raise its own
+    # hard limit inside a user namespace, so it gets the highest soft limit now.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    install_filter()
+    flags = ",ro" if a.readonly else ""
+    outer = ["unshare", "--user", "--map-root-user", "--mount", "--propagation=private"]
+    setup = ["sh", "-c", _SETUP, "sh", a.source, flags, str(a.uid), str(a.gid), *server]
+    os.execvp(outer[0], [*outer, "--", *setup])
+
+
+if __name__ == "__main__":
+    main()
