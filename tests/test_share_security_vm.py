@@ -249,3 +249,24 @@ def test_virtiofs_as_a_plain_host_user(vm: Any, tmp_path: Path, other_user: Any)
 
 def _uid_of(pid: int) -> int:
     return os.stat(f"/proc/{pid}").st_uid
+
+
+def test_vm_folder_and_sockets_are_the_owners_only(vm: Any, share_dir: Path) -> None:
+    """Whoever connects to one of these sockets controls the VM or its shares."""
+    from vmkit.docker.client import ensure_socket
+
+    other = share_dir.parent / "other"
+    other.mkdir()
+    vm.share(share_dir, mechanism="virtiofs")
+    vm.share(other, mechanism="sshfs")  # the agent holds it
+    try:
+        ensure_socket(vm)
+        folder = vm.record.files.dir
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        socks = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.glob("*.sock")}
+        assert {"qmp.sock", "agent.sock", "docker.sock"} <= set(socks), socks
+        assert any(n.startswith("virtiofs-") for n in socks), socks
+        assert all(mode == 0o600 for mode in socks.values()), socks
+    finally:
+        vm.unshare(share_dir)
+        vm.unshare(other)

@@ -37,6 +37,13 @@ _SYSTEM_TREES = ("/dev", "/proc", "/sys")
 ENFORCES_READONLY = {"virtiofs": True, "sshfs": True, "vboxsf": True}
 
 
+#: What a mechanism cannot guarantee on the host (docs/security.md); `vmkit shares` says it.
+CAVEATS = {
+    "vboxsf": "VirtualBox's host service, not vmkit, decides whether a guest can set a "
+    "setuid/setgid bit in the folder",
+}
+
+
 @attrs.frozen
 class HostSource:
     """The host folder to share, resolved, and what the user should be told about it."""

@@ -6,6 +6,7 @@ import click
 from rich.table import Table
 
 import vmkit.vm as api
+from vmkit import sharepolicy
 from vmkit.cli.render import console, err_console, progress_printer
 from vmkit.errors import ForwardNotFound, InvalidInput
 
@@ -90,6 +91,8 @@ def shares(vm_name: str | None) -> None:
             "yes" if (s.source, s.target) in active else "[red]no[/]",
         )
     console.print(table)
+    for mech in sorted({s.mechanism for s in vm.shares()} & set(sharepolicy.CAVEATS)):
+        console.print(f"note: {mech}: {sharepolicy.CAVEATS[mech]}", markup=False, soft_wrap=True)
     _orphans(vm, shares=True)
 
 
