@@ -101,46 +101,63 @@ def _sftp_open(req_id: int, path: str, pflags: int) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
-#: Sends one SFTP request down the guest sshfs's own channel (its stdout, while it is stopped)
-#: and prints the answer's packet type and status code. Guest root can do this to any sshfs.
-_HIJACK = r"""
-pid=$(pgrep -x sshfs | head -n1)
-kill -STOP "$pid"
-printf "$1" > /proc/$pid/fd/1
-timeout 10 dd if=/proc/$pid/fd/0 bs=1 count=$2 2>/dev/null | od -An -tu1 -v
-kill -CONT "$pid"
+#: Guest root controls what answers at the guest end of a share's channel: here a fake
+#: ``sshfs`` (first on sudo's secure_path) that speaks SFTP itself, sends the requests in
+#: $1 (octal escapes) and keeps what the host answers.
+_FAKE_SSHFS = """#!/bin/sh
+printf '%b' "$(cat /run/sftp-requests)"
+timeout 8 cat > /run/sftp-replies
 """
 
 
-def _hijack(vm: Any, packet: bytes) -> list[int]:
-    octal = "".join(f"\\{b:03o}" for b in packet)
-    # A status reply: length(4) type(1) id(4) code(4) message(4+n) language(4): read 17 first.
-    out = vm.run(["sh", "-c", _HIJACK, "sh", octal, "17"], sudo=True, timeout=60).stdout
-    return [int(x) for x in out.split()]
+def _status_codes(replies: bytes) -> dict[int, int]:
+    """Request id → status code of every SSH_FXP_STATUS packet; others are kept as -type."""
+    out: dict[int, int] = {}
+    while len(replies) >= 9:
+        (length,) = struct.unpack(">I", replies[:4])
+        kind = replies[4]
+        if kind == 2:  # SSH_FXP_VERSION: no request id
+            replies = replies[4 + length :]
+            continue
+        (req_id,) = struct.unpack(">I", replies[5:9])
+        out[req_id] = struct.unpack(">I", replies[9:13])[0] if kind == 101 else -kind
+        replies = replies[4 + length :]
+    return out
 
 
 def test_sshfs_channel_refuses_host_paths_outside_the_share_and_readonly_writes(
     vm: Any, tmp_path: Path, share_dir: Path
 ) -> None:
+    from vmkit.errors import ProviderError
+
     secret = tmp_path / "secret"
     secret.write_text("host secret")
-    vm.share(share_dir, readonly=True, mechanism="sshfs")
+    read, write_creat = 0x01, 0x02 | 0x08
+    asks = {
+        0x7F000001: (str(secret), read),
+        0x7F000002: (f"{share_dir}/../secret", read),
+        0x7F000003: ("/etc/shadow", read),
+        0x7F000004: (f"{share_dir}/planted", write_creat),
+    }
+    packets = struct.pack(">IBI", 5, 1, 3)  # SSH_FXP_INIT, version 3
+    for req_id, (path, flags) in asks.items():
+        packets += _sftp_open(req_id, path, flags)
+    octal = "".join(f"\\0{b:03o}" for b in packets)
+    vm.run(["sh", "-c", 'printf %s "$1" > /run/sftp-requests', "sh", octal], sudo=True)
+    vm.run(["sh", "-c", 'cat > /usr/local/sbin/sshfs && chmod 755 /usr/local/sbin/sshfs'],
+           sudo=True, input=_FAKE_SSHFS)  # fmt: skip
     try:
-        READ, WRITE_CREAT = 0x01, 0x02 | 0x08
-        for req_id, path, flags in (
-            (0x7F000001, str(secret), READ),
-            (0x7F000002, f"{share_dir}/../secret", READ),
-            (0x7F000003, "/etc/shadow", READ),
-            (0x7F000004, f"{share_dir}/planted", WRITE_CREAT),
-        ):
-            got = _hijack(vm, _sftp_open(req_id, path, flags))
-            assert len(got) == 17, got
-            assert got[4] == 101, f"{path}: not a status reply but {got}"  # SSH_FXP_STATUS
-            assert got[5:9] == list(req_id.to_bytes(4, "big"))
-            assert got[9:13] == [0, 0, 0, 3], f"{path}: {got}"  # SSH_FX_PERMISSION_DENIED
+        with pytest.raises(ProviderError):  # the fake never mounts anything
+            vm.share(share_dir, readonly=True, mechanism="sshfs")
+        out = vm.run(["od", "-An", "-tu1", "-v", "/run/sftp-replies"], sudo=True).stdout
+        codes = _status_codes(bytes(int(x) for x in out.split()))
+        # SSH_FX_PERMISSION_DENIED for every one of them
+        assert codes == dict.fromkeys(asks, 3), codes
         assert os.listdir(share_dir) == []
     finally:
-        vm.unshare(share_dir)
+        vm.run(["rm", "-f", "/usr/local/sbin/sshfs", "/run/sftp-requests", "/run/sftp-replies"],
+               sudo=True)  # fmt: skip
+        assert vm.shares() == []
 
 
 def test_system_targets_are_refused_before_anything_changes(
