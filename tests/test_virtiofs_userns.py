@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from vmkit.errors import NotSupported
+from vmkit.host import fsguard
 from vmkit.host.runner import Result
 from vmkit.providers.qemu import virtiofs
 from vmkit.state import VMRecord
@@ -22,7 +23,7 @@ def test_a_host_without_user_namespaces_is_named_as_the_reason(
         assert argv[:2] == ["unshare", "--user"]
         return Result(argv, 1, "", "unshare: unshare failed: Operation not permitted\n", 0.01)
 
-    monkeypatch.setattr(virtiofs, "run", refused)
+    monkeypatch.setattr(fsguard, "run", refused)
     mech = virtiofs.VirtioFS(VMRecord(name="v", provider="qemu"), ssh=lambda: None)  # type: ignore[arg-type,return-value]
     with pytest.raises(NotSupported, match="does not allow user namespaces") as e:
         mech.check()

@@ -27,7 +27,7 @@ import stat
 import sys
 from collections.abc import Sequence
 
-import pyseccomp as seccomp
+from vmkit.host.runner import run
 
 #: Set-id bits: never stored through a share.
 _SETID = (stat.S_ISUID, stat.S_ISGID)
@@ -50,8 +50,23 @@ exec unshare --user --map-user="$uid" --map-group="$gid" --keep-caps -- "$@"
 """
 
 
+def unavailable() -> str:
+    """Why this host cannot run a confined server ("" if it can): the seccomp library, or
+    user namespaces."""
+    try:
+        import pyseccomp  # noqa: F401 -- loads libseccomp
+    except (ImportError, OSError, RuntimeError) as e:
+        return f"libseccomp cannot be loaded ({e})"
+    r = run(["unshare", "--user", "--map-root-user", "--mount", "true"], check=False)
+    if not r.ok:
+        return f"this host does not allow user namespaces ({r.stderr.strip() or r.exit_code})"
+    return ""
+
+
 def install_filter() -> None:
     """Install the seccomp filter described in the module docstring on this process."""
+    import pyseccomp as seccomp
+
     f = seccomp.SyscallFilter(seccomp.ALLOW)
     deny = seccomp.ERRNO(errno.EPERM)
     for call, arg in _MODE_ARG.items():

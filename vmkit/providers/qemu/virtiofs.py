@@ -26,7 +26,7 @@ from vmkit.errors import GuestModuleMissing, NotSupported, ProviderError, QMPErr
 from vmkit.guest.ssh import SSHSession
 from vmkit.host import fsguard, procs
 from vmkit.host.faults import point
-from vmkit.host.runner import run, spawn
+from vmkit.host.runner import spawn
 from vmkit.mechanisms.base import (
     Leftover,
     guest_mountpoints,
@@ -71,14 +71,14 @@ class VirtioFS:
 
     def check(self) -> None:
         find_virtiofsd()
-        r = run(["unshare", "--user", "--map-root-user", "--mount", "true"], check=False)
-        if not r.ok:
-            # virtiofsd runs in a user namespace (vmkit/host/fsguard.py): without one it
-            # could neither map ownership nor enforce --readonly on the host.
+        why = fsguard.unavailable()
+        if why:
+            # virtiofsd runs confined (vmkit/host/fsguard.py): without that it could neither
+            # map ownership nor enforce --readonly on the host.
             raise NotSupported(
-                f"this host does not allow user namespaces ({r.stderr.strip() or r.exit_code})",
-                hint="allow them (sysctl user.max_user_namespaces, "
-                "kernel.unprivileged_userns_clone) or use sshfs",
+                f"virtio-fs cannot be confined here: {why}",
+                hint="allow user namespaces (sysctl user.max_user_namespaces, "
+                "kernel.unprivileged_userns_clone) and install libseccomp2, or use sshfs",
             )
         with self._qmp() as q:
             memdevs = q.execute("query-memdev")
