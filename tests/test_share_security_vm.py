@@ -11,6 +11,7 @@ import shutil
 import stat
 import struct
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,18 +192,20 @@ def other_user() -> Iterator[pwd.struct_passwd]:
         subprocess.run(["userdel", name], check=False)
 
 
-def test_virtiofs_as_a_plain_host_user(vm: Any, tmp_path: Path, other_user: Any) -> None:
+def test_virtiofs_as_a_plain_host_user(vm: Any, other_user: Any) -> None:
     """A plain user's virtiofsd, confined by vmkit's fsguard with no root, serves the guest;
     what the guest's login user and root write is that user's (QEMU runs as root here)."""
     from vmkit.host import fsguard
     from vmkit.providers.qemu.qmp import QMP
 
     uid, gid = other_user.pw_uid, other_user.pw_gid
-    run_dir, src = tmp_path / "run", tmp_path / "data"
+    # pytest's tmp_path is under a 0700 folder of root's: the plain user could not reach it.
+    base = Path(tempfile.mkdtemp(prefix="vmkit-plain-"))
+    base.chmod(0o755)
+    run_dir, src = base / "run", base / "data"
     for d in (run_dir, src):
         d.mkdir()
         shutil.chown(d, uid, gid)
-    tmp_path.chmod(0o755)
     sock = run_dir / "vfs.sock"
     login = [int(x) for x in vm.run(["sh", "-c", "id -u; id -g"]).stdout.split()]
     server = ["/usr/lib/qemu/virtiofsd", "-f", f"--socket-path={sock}", "-o", f"source={src}",
@@ -262,6 +265,7 @@ def test_virtiofs_as_a_plain_host_user(vm: Any, tmp_path: Path, other_user: Any)
                         time.sleep(0.2)
         daemon.terminate()
         daemon.wait(10)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _uid_of(pid: int) -> int:
