@@ -16,7 +16,7 @@ from vmkit.host import fsguard
 #: Everything a hostile guest could ask virtiofsd to do, done directly; prints what happened.
 ATTEMPTS = r"""
 import errno, json, os, sys
-d = sys.argv[1]
+d = sys.argv[-2]  # then fsguard's --fd=N
 out = {}
 def attempt(name, fn):
     try:
@@ -38,9 +38,19 @@ print(json.dumps(out))
 """
 
 
+def _guard(d: Path, server: list[str], *, readonly: bool) -> list[str]:
+    """``server`` under fsguard with ``d`` bind-mounted on ``d.root`` (what it serves)."""
+    root = d.with_suffix(".root")
+    root.mkdir(exist_ok=True)
+    listen = str(d.with_suffix(".sock"))
+    return fsguard.command(
+        str(d), root=str(root), listen=listen, readonly=readonly, uid=1000, gid=1000,
+        server=[*server, str(root)],
+    )  # fmt: skip
+
+
 def _run(d: Path, *, readonly: bool) -> dict[str, str]:
-    server = ["python3", "-c", ATTEMPTS, str(d)]
-    argv = fsguard.command(str(d), readonly=readonly, uid=1000, gid=1000, server=server)
+    argv = _guard(d, ["python3", "-c", ATTEMPTS], readonly=readonly)
     r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     result: dict[str, str] = json.loads(r.stdout.strip().splitlines()[-1])
@@ -48,6 +58,8 @@ def _run(d: Path, *, readonly: bool) -> dict[str, str]:
 
 
 def test_nothing_set_id_no_device_no_foreign_owner(tmp_path: Path) -> None:
+    tmp_path = tmp_path / "share"
+    tmp_path.mkdir()
     got = _run(tmp_path, readonly=False)
     assert got == {
         "setresuid": "ok",  # ... and nothing changed: the file below is still ours
@@ -69,6 +81,8 @@ def test_nothing_set_id_no_device_no_foreign_owner(tmp_path: Path) -> None:
 
 
 def test_readonly_is_a_readonly_mount_on_the_host_side(tmp_path: Path) -> None:
+    tmp_path = tmp_path / "share"
+    tmp_path.mkdir()
     (tmp_path / "keep").write_text("host")
     got = _run(tmp_path, readonly=True)
     assert got["create"] == "EROFS" and got["mkfifo"] == "EROFS"
@@ -78,16 +92,21 @@ def test_readonly_is_a_readonly_mount_on_the_host_side(tmp_path: Path) -> None:
 
 
 def test_the_server_runs_as_the_guest_login_user_over_the_host_users_files(tmp_path: Path) -> None:
-    server = ["python3", "-c", "import os,sys; print(os.getuid(), os.stat(sys.argv[1]).st_uid)"]
-    argv = fsguard.command(
-        str(tmp_path), readonly=False, uid=1000, gid=1000, server=[*server, str(tmp_path)]
-    )
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "f").write_text("x")
+    script = "import os,sys; print(os.getuid(), os.stat(sys.argv[-2] + '/f').st_uid, sys.argv[-1])"
+    argv = _guard(share, ["python3", "-c", script], readonly=False)
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout
-    assert out.split() == ["1000", "1000"]
+    uid, owner, fd = out.split()
+    assert (uid, owner) == ("1000", "1000")  # the host user's file, seen as the login user's
+    assert fd.startswith("--fd=")  # the listening socket, handed over
 
 
 @pytest.mark.parametrize("readonly", [False, True])
 def test_the_host_mount_table_is_untouched(tmp_path: Path, readonly: bool) -> None:
     before = Path("/proc/self/mountinfo").read_text()
-    _run(tmp_path, readonly=readonly)
+    (tmp_path / "share").mkdir()
+    _run(tmp_path / "share", readonly=readonly)
+    assert os.listdir(tmp_path / "share.root") == []  # bound only inside the namespace
     assert Path("/proc/self/mountinfo").read_text() == before

@@ -206,11 +206,16 @@ def test_virtiofs_as_a_plain_host_user(vm: Any, other_user: Any) -> None:
     for d in (run_dir, src):
         d.mkdir()
         shutil.chown(d, uid, gid)
-    sock = run_dir / "vfs.sock"
+    sock, root = run_dir / "vfs.sock", run_dir / "root"
+    root.mkdir()
+    shutil.chown(root, uid, gid)
     login = [int(x) for x in vm.run(["sh", "-c", "id -u; id -g"]).stdout.split()]
-    server = ["/usr/lib/qemu/virtiofsd", "-f", f"--socket-path={sock}", "-o", f"source={src}",
-              "-o", "cache=auto", "--rlimit-nofile=0"]  # fmt: skip
-    argv = fsguard.command(str(src), readonly=False, uid=login[0], gid=login[1], server=server)
+    server = ["/usr/lib/qemu/virtiofsd", "-f", "-o", f"source={root}", "-o", "cache=auto",
+              "--rlimit-nofile=0"]  # fmt: skip
+    argv = fsguard.command(
+        str(src), root=str(root), listen=str(sock), readonly=False, uid=login[0],
+        gid=login[1], server=server,
+    )  # fmt: skip
     daemon = subprocess.Popen(
         ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

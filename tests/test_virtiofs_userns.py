@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import stat
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,3 +43,40 @@ def test_a_plain_user_may_make_the_namespaces_virtiofsd_runs_in() -> None:
         text=True,
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_a_plain_users_virtiofsd_starts_confined(tmp_path: Path) -> None:
+    """Debian 12's virtiofsd as uid 65534 under fsguard gets as far as waiting for QEMU
+    (given a socket path of its own it would need root's /run/virtiofsd)."""
+    base = Path(tempfile.mkdtemp(prefix="vmkit-plain-"))
+    try:
+        base.chmod(0o755)
+        src, root = base / "data", base / "virtiofs-x.root"
+        for d in (src, root):
+            d.mkdir()
+            os.chown(d, 65534, 65534)
+        os.chown(base, 65534, 65534)
+        sock = base / "virtiofs-x.sock"
+        server = [virtiofs.find_virtiofsd(), "-f", "-o", f"source={root}", "--rlimit-nofile=0"]
+        argv = fsguard.command(
+            str(src), root=str(root), listen=str(sock), readonly=True, uid=1000, gid=1000,
+            server=server,
+        )  # fmt: skip
+        plain = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+        daemon = subprocess.Popen([*plain, *argv], stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 20
+            while not (
+                sock.exists() and "virtiofsd" in Path(f"/proc/{daemon.pid}/cmdline").read_text()
+            ):
+                assert daemon.poll() is None, daemon.communicate()[1]
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            time.sleep(0.5)
+            assert daemon.poll() is None, daemon.communicate()[1]
+            assert stat.S_IMODE(sock.stat().st_mode) == 0o600 and sock.stat().st_uid == 65534
+        finally:
+            daemon.terminate()
+            daemon.wait(10)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

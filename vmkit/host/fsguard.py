@@ -1,5 +1,5 @@
 """Run a file server so that nothing it writes can hurt the host: ``python -m vmkit.host.fsguard
-[--readonly] SOURCE -- SERVER ARGS...``.
+[--readonly] --uid=N --gid=N --root=DIR --listen=SOCKET SOURCE -- SERVER ARGS...``.
 
 A virtio-fs server writes what the guest asks for, with the guest's uids, set-id bits and
 device numbers; Debian 12's virtiofsd can map none of them. This wrapper gives the server:
@@ -8,9 +8,9 @@ device numbers; Debian 12's virtiofsd can map none of them. This wrapper gives t
   a setuid or setgid bit and ``mknod`` of a device fail with EPERM, every ``chown`` fails with
   EPERM, and ``setresuid``/``setresgid`` do nothing (virtiofsd switches to the guest caller's
   uid to create a file; it stays the host user instead, so every new file is the host user's);
-- a user + mount namespace in which ``SOURCE`` is bind-mounted ``nosuid,nodev`` and, for
-  ``--readonly``, read-only, so no guest request can change it (a ``mount -o remount,rw`` in
-  the guest included);
+- a user + mount namespace in which ``SOURCE`` is bind-mounted on ``--root`` ``nosuid,nodev``
+  and, for ``--readonly``, read-only, so no guest request can change it (a ``mount -o
+  remount,rw`` in the guest included); outside that namespace ``--root`` stays empty;
 - a second user namespace in which the host user is the guest's login user (``--uid``,
   ``--gid``): the guest sees the host user's files as its login user's, and may write them.
 
@@ -23,6 +23,7 @@ import argparse
 import errno
 import os
 import resource
+import socket
 import stat
 import sys
 from collections.abc import Sequence
@@ -42,10 +43,10 @@ _SETID_CALLS = ("setresuid", "setresgid", "setuid", "setgid", "setreuid", "setre
 #: then maps the host user to the guest's login user in a nested user namespace.
 _SETUP = """
 set -e
-mount --bind -- "$1" "$1"
-mount -o "remount,bind,nosuid,nodev$2" -- "$1"
-uid=$3 gid=$4
-shift 4
+mount --bind -- "$1" "$2"
+mount -o "remount,bind,nosuid,nodev$3" -- "$2"
+uid=$4 gid=$5
+shift 5
 exec unshare --user --map-user="$uid" --map-group="$gid" --keep-caps -- "$@"
 """
 
@@ -86,8 +87,19 @@ def install_filter() -> None:
     f.load()
 
 
-def command(source: str, *, readonly: bool, uid: int, gid: int, server: Sequence[str]) -> list[str]:
-    """The argv that runs ``server`` confined as the module docstring says."""
+def command(
+    source: str,
+    *,
+    root: str,
+    listen: str,
+    readonly: bool,
+    uid: int,
+    gid: int,
+    server: Sequence[str],
+) -> list[str]:
+    """The argv that runs ``server`` confined as the module docstring says: ``source`` is
+    bind-mounted on the empty folder ``root`` (the server serves ``root``), and ``server`` gets
+    ``--fd=N`` for a unix socket listening at ``listen`` (made 0600 before it starts)."""
     return [
         sys.executable,
         "-m",
@@ -95,6 +107,8 @@ def command(source: str, *, readonly: bool, uid: int, gid: int, server: Sequence
         *(["--readonly"] if readonly else []),
         f"--uid={uid}",
         f"--gid={gid}",
+        f"--root={root}",
+        f"--listen={listen}",
         source,
         "--",
         *server,
@@ -106,10 +120,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--readonly", action="store_true")
     p.add_argument("--uid", type=int, required=True, help="the guest's login uid")
     p.add_argument("--gid", type=int, required=True, help="the guest's login gid")
+    p.add_argument("--root", required=True, help="the empty folder the source appears on")
+    p.add_argument("--listen", required=True, help="the server's unix socket")
     p.add_argument("source")
     p.add_argument("server", nargs=argparse.REMAINDER)
     a = p.parse_args(argv)
     server = a.server[1:] if a.server[:1] == ["--"] else a.server
+    # The socket is made here and handed over (virtiofsd --fd): with a path of its own,
+    # Debian 12's virtiofsd would lock it with a pid file in /run/virtiofsd, which only root
+    # may write.
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(a.listen)
+    finally:
+        os.umask(old)
+    sock.listen(1)
+    sock.set_inheritable(True)
+    server = [*server, f"--fd={sock.fileno()}"]
     # virtiofsd keeps a descriptor per file the guest has looked up; it cannot raise its own
     # hard limit inside a user namespace, so it gets the highest soft limit now.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -117,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     install_filter()
     flags = ",ro" if a.readonly else ""
     outer = ["unshare", "--user", "--map-root-user", "--mount", "--propagation=private"]
-    setup = ["sh", "-c", _SETUP, "sh", a.source, flags, str(a.uid), str(a.gid), *server]
+    setup = ["sh", "-c", _SETUP, "sh", a.source, a.root, flags, str(a.uid), str(a.gid), *server]
     os.execvp(outer[0], [*outer, "--", *setup])
 
 
