@@ -1,4 +1,4 @@
-"""The agent's byte pumps: a reverse-sshfs session and an SSH-tunnel listener.
+"""The agent's sessions: a reverse-sshfs share (answered by sftpjail) and an SSH-tunnel listener.
 
 Each direction of a connection is pumped on its own and its EOF passed on separately,
 because programs like busybox nc half-close and still expect the answer.
@@ -11,7 +11,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import IO
 
 import attrs
 import paramiko
@@ -73,29 +72,6 @@ class SSHFSSession:
             self._chan.close()
         if self._server is not None:
             self._server.join(5)
-
-
-def _pipe_to_chan(src: IO[bytes], chan: paramiko.Channel) -> None:
-    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-        while True:
-            data = src.read1(65536)  # type: ignore[attr-defined]
-            if not data:
-                break
-            chan.sendall(data)
-    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-        chan.shutdown_write()
-
-
-def _chan_to_pipe(chan: paramiko.Channel, dst: IO[bytes]) -> None:
-    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-        while True:
-            data = chan.recv(65536)
-            if not data:
-                break
-            dst.write(data)
-            dst.flush()
-    with contextlib.suppress(OSError):
-        dst.close()
 
 
 class Tunnel:
