@@ -1,8 +1,10 @@
 """Live shares and forwards, measured in one run on one VM, as ratios to baselines.
 
 Shares, per mechanism (virtio-fs, reverse sshfs): time from `vmkit share` to usable in the
-guest, sequential read of a large file and an `ls -l` of 2000 files, both as ratios to the
-same on the host. Forwards: `vmkit forward` (its default mechanism) against a hand-made QMP
+guest; then a sequential read of a large file and an `ls -l` of 2000 files through vmkit's share
+and through the same share made by hand (virtiofsd as root; OpenSSH's sftp-server), in
+alternating rounds (which goes first swaps each round), reported as medians and as vmkit's
+speed relative to the hand-made share. Forwards: `vmkit forward` (its default mechanism) against a hand-made QMP
 `hostfwd_add` and an OpenSSH `-L` tunnel, as throughput of one TCP stream.
 
 Run: python bench/live.py [--mib 200] [--files 2000]
@@ -11,13 +13,17 @@ Run: python bench/live.py [--mib 200] [--files 2000]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import vmkit.vm as api
@@ -48,11 +54,16 @@ def host_time(argv: list[str]) -> float:
     return time.monotonic() - started
 
 
-def bench_shares(vm: api.VM, root: Path, mib: int, nfiles: int) -> None:
+def bench_shares(
+    vm: api.VM, root: Path, mib: int, nfiles: int, rounds: int, sshfs_mib: int
+) -> None:
+    """Each vmkit share against the same share made by hand, read in alternating rounds."""
     big = root / "big.bin"
-    with open(big, "wb") as f:
-        for _ in range(mib):
-            f.write(os.urandom(1 << 20))
+    small = root / "small.bin"
+    for path, size in ((big, mib), (small, sshfs_mib)):
+        with open(path, "wb") as f:
+            for _ in range(size):
+                f.write(os.urandom(1 << 20))
     many = root / "many"
     many.mkdir()
     for i in range(nfiles):
@@ -63,25 +74,56 @@ def bench_shares(vm: api.VM, root: Path, mib: int, nfiles: int) -> None:
     print(
         f"host: read {mib} MiB {mib / host_read:.0f} MiB/s, ls -l {nfiles} files {host_ls * 1000:.0f} ms"
     )
-    for mech in ("virtiofs", "sshfs"):
+    for mech, hand_made, read_file, size in (
+        ("virtiofs", hand_made_virtiofs, big, mib),
+        ("sshfs", hand_made_sshfs, small, sshfs_mib),
+    ):
         started = time.monotonic()
         cmd = cli("share", str(root), "--vm", NAME, "--mechanism", mech)
         while not vm.run(["test", "-f", f"{root}/marker"], check=False).ok:
             time.sleep(0.05)
         usable = time.monotonic() - started
-        report(
-            f"vmkit share ({mech})",
-            vm,
-            big,
-            many,
-            mib,
-            host_read,
-            host_ls,
-            f"command {cmd:.2f} s, "
-            f"usable after {usable:.2f} s ({usable - cmd:.2f} s after it returned)",
+        print(
+            f"vmkit share ({mech}): command {cmd:.2f} s, usable after {usable:.2f} s "
+            f"({usable - cmd:.2f} s after it returned)",
+            flush=True,
         )
-        cli("unshare", str(root), "--vm", NAME)
-    hand_made_virtiofs(vm, root, big, many, mib, host_read, host_ls)
+        try:
+            with hand_made(vm, root) as hand:
+                compare(vm, mech, root, hand, read_file.name, size, rounds)
+        finally:
+            cli("unshare", str(root), "--vm", NAME)
+
+
+def compare(
+    vm: api.VM, mech: str, vmkit_dir: Path, hand_dir: Path, name: str, mib: int, rounds: int
+) -> None:
+    """Read ``name`` and list ``many`` through both shares, alternating which goes first each
+    round (the guest's caches dropped before every read); report each one's median."""
+    times: dict[tuple[str, str], list[float]] = {}
+    for r in range(rounds):
+        order = [("vmkit", vmkit_dir), ("hand-made", hand_dir)]
+        for who, where in order if r % 2 == 0 else order[::-1]:
+            drop_caches(vm)
+            times.setdefault((who, "read"), []).append(guest_read(vm, where / name))
+            drop_caches(vm)
+            times.setdefault((who, "ls"), []).append(guest_ls(vm, where / "many"))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for who in ("vmkit", "hand-made"):
+        print(
+            f"{mech} {who:9s}: read {mib} MiB {mib / med[(who, 'read')]:.1f} MiB/s, "
+            f"ls -l {med[(who, 'ls')] * 1000:.0f} ms (median of {rounds} rounds)",
+            flush=True,
+        )
+    print(
+        f"{mech} vmkit / hand-made: read speed {med[('hand-made', 'read')] / med[('vmkit', 'read')]:.2f}x, "
+        f"listing speed {med[('hand-made', 'ls')] / med[('vmkit', 'ls')]:.2f}x",
+        flush=True,
+    )
+
+
+def drop_caches(vm: api.VM) -> None:
+    vm.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], sudo=True)
 
 
 def guest_read(vm: api.VM, path: Path) -> float:
@@ -93,30 +135,9 @@ def guest_ls(vm: api.VM, path: Path) -> float:
     return timed(vm, ["sh", "-c", 'ls -l "$1" > /dev/null', "sh", str(path)])
 
 
-def report(
-    what: str,
-    vm: api.VM,
-    big: Path,
-    many: Path,
-    mib: int,
-    host_read: float,
-    host_ls: float,
-    extra: str = "",
-) -> None:
-    vm.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], sudo=True)
-    read = guest_read(vm, big)
-    ls = guest_ls(vm, many)
-    print(
-        f"{what:24s}: {extra + '; ' if extra else ''}read {mib / read:.1f} MiB/s = 1/{read / host_read:.0f} of the "
-        f"host's cached read; ls -l {ls * 1000:.0f} ms = {ls / host_ls:.0f}x the host's",
-        flush=True,
-    )
-
-
-def hand_made_virtiofs(
-    vm: api.VM, root: Path, big: Path, many: Path, mib: int, host_read: float, host_ls: float
-) -> None:
-    """virtio-fs set up by hand (virtiofsd, raw QMP, mount), the baseline for vmkit's default."""
+@contextlib.contextmanager
+def hand_made_virtiofs(vm: api.VM, root: Path) -> Iterator[Path]:
+    """virtio-fs set up by hand (virtiofsd as root, raw QMP, mount), the baseline for vmkit's."""
     sock = Path(tempfile.mkdtemp()) / "vfs.sock"
     daemon = subprocess.Popen(
         [
@@ -165,15 +186,7 @@ def hand_made_virtiofs(
             ["mount", "-t", "virtiofs", "hand", "/mnt/hand"], sudo=True, check=False
         ).ok:
             time.sleep(0.1)
-        report(
-            "hand-made virtio-fs",
-            vm,
-            Path("/mnt/hand") / big.name,
-            Path("/mnt/hand") / many.name,
-            mib,
-            host_read,
-            host_ls,
-        )
+        yield Path("/mnt/hand")
         vm.run(["umount", "/mnt/hand"], sudo=True)
         qmp(vm, [{"execute": "device_del", "arguments": {"id": "handdev"}}])
         time.sleep(2)
@@ -181,6 +194,43 @@ def hand_made_virtiofs(
     finally:
         daemon.terminate()
         daemon.wait()
+
+
+@contextlib.contextmanager
+def hand_made_sshfs(vm: api.VM, root: Path) -> Iterator[Path]:
+    """Reverse sshfs as vmkit made it before issue 15 (and as the recipes on the web do): the
+    host's OpenSSH sftp-server piped over one SSH channel to `sshfs -o passive`."""
+    target = "/mnt/hand-sshfs"
+    vm.run(["mkdir", "-p", target], sudo=True)
+    server = subprocess.Popen(
+        ["/usr/lib/openssh/sftp-server"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    argv = ["sudo", "-n", "sshfs", "-f", "-o", "passive,allow_other", f":{root}", target]
+    chan = vm.ssh().open_channel(argv)
+    assert server.stdin is not None and server.stdout is not None
+    to_guest, from_guest = server.stdout, server.stdin
+
+    def up() -> None:
+        while data := to_guest.read1(65536):
+            chan.sendall(data)
+
+    def down() -> None:
+        while data := chan.recv(65536):
+            from_guest.write(data)
+            from_guest.flush()
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (up, down)]
+    for t in threads:
+        t.start()
+    try:
+        while not vm.run(["test", "-f", f"{target}/marker"], check=False).ok:
+            time.sleep(0.1)
+        yield Path(target)
+    finally:
+        vm.run(["umount", "-l", target], sudo=True, check=False)
+        chan.close()
+        server.kill()
+        server.wait()
 
 
 def guest_server(vm: api.VM, port: int, mib: int) -> None:
@@ -275,6 +325,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--mib", type=int, default=200)
     ap.add_argument("--files", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per comparison")
+    ap.add_argument("--sshfs-mib", type=int, default=16, help="sshfs reads (2-3 MiB/s under TCG)")
+    ap.add_argument("--shares-only", action="store_true", help="skip the forwards")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["VMKIT_HOME"] = str(Path(tmp) / "home")
@@ -283,8 +336,9 @@ def main() -> None:
             root = Path(tmp) / "shared dir"
             root.mkdir()
             root.chmod(0o755)
-            bench_shares(vm, root, args.mib, args.files)
-            bench_forwards(vm, args.mib)
+            bench_shares(vm, root, args.mib, args.files, args.rounds, args.sshfs_mib)
+            if not args.shares_only:
+                bench_forwards(vm, args.mib)
         finally:
             vm.destroy()
 

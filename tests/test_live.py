@@ -178,16 +178,17 @@ def test_public_forward_warns(vm: Any, vm_home: Path) -> None:
 
 def test_attach_ssh_host_share_and_forward(vm: Any, vm_home: Path, tmp_path: Path) -> None:
     """The SSH provider against a real sshd: the vmkit-mini guest's."""
+    from vmkit.providers.sshhost import fingerprint
+
     ep = vm.record.ssh
-    vmkit_cli(
-        "attach",
-        f"ssh://{ep.user}@127.0.0.1:{ep.port}",
-        "--name",
-        "sshhost",
-        "--key",
-        ep.key_file,
-        home=vm_home,
-    )
+    argv = ["attach", f"ssh://{ep.user}@127.0.0.1:{ep.port}", "--name", "sshhost"]
+    argv += ["--key", ep.key_file]
+    # Not in known_hosts, no fingerprint: refused, showing the key to check.
+    r = vmkit_cli(*argv, home=vm_home, check=False)
+    assert r.returncode == 1 and fingerprint(ep.host_key) in r.stderr, r.stderr
+    assert "--trust-new-host-key" in r.stderr
+    out = vmkit_cli(*argv, "--trust-new-host-key", home=vm_home).stdout
+    assert fingerprint(ep.host_key) in out
     try:
         (tmp_path / "h.txt").write_text("to an ssh host")
         out = vmkit_cli("share", str(tmp_path), "--vm", "sshhost", home=vm_home).stdout

@@ -91,7 +91,7 @@ def test_instance_files_are_distinct_and_documented(vmkit_home: Path) -> None:
     }
     named |= {
         attr: getattr(files, attr)("TAG")
-        for attr in ("virtiofs_sock", "virtiofs_pid", "virtiofs_log")
+        for attr in ("virtiofs_sock", "virtiofs_pid", "virtiofs_log", "virtiofs_root")
     }
     paths = list(named.values())
     assert len(set(paths)) == len(paths)

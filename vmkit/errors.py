@@ -47,7 +47,8 @@ are caught into the most specific class below and chained with ``from``.
     │   └── BoxBuildFailed
     ├── GuestError
     │   ├── SSHError
-    │   │   └── HostKeyMismatch
+    │   │   ├── HostKeyMismatch
+    │   │   └── HostKeyUnknown          not in known_hosts, no fingerprint to check
     │   ├── GuestCommandFailed
     │   └── GuestModuleMissing
     └── DockerError
@@ -274,6 +275,10 @@ class HostKeyMismatch(SSHError):
         "the guest presented a host key other than the one pinned for this VM; "
         "if you rebuilt the guest on purpose, `vmkit attach` it again"
     )
+
+
+class HostKeyUnknown(SSHError):
+    """An SSH machine's host key is in no known_hosts and no fingerprint was given to check it."""
 
 
 class GuestCommandFailed(GuestError):

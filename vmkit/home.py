@@ -146,3 +146,8 @@ class InstanceFiles:
 
     def virtiofs_log(self, tag: str) -> Path:
         return self.dir / f"virtiofs-{tag}.log"
+
+    def virtiofs_root(self, tag: str) -> Path:
+        """An empty folder on which the share is bind-mounted, only inside virtiofsd's own
+        mount namespace (vmkit/host/fsguard.py); its name carries the tag."""
+        return self.dir / f"virtiofs-{tag}.root"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import attrs
 
-from vmkit import reconcile, state
+from vmkit import reconcile, sharepolicy, state
 from vmkit.errors import (
     BootTimeout,
     ConsoleSilent,
@@ -447,9 +447,17 @@ class VM:
         """Share host folder ``path`` into the running VM, at the same path unless ``target``.
 
         Idempotent: sharing the same folder at the same place again returns the existing share.
+        Refused before anything changes (``InvalidInput``): a folder the user cannot read, ``/``
+        or the home folder (unless ``force``), and a guest target that is, or resolves in the
+        guest to, a system folder or the login user's home (unless ``force``; ``/`` never).
+        A symlinked ``path`` is resolved, and ``progress`` says so.
         """
-        source = _host_dir(path, force=force)
+        host = sharepolicy.host_source(path, force=force)
+        source = host.path
+        for note in host.notes:
+            progress(note)
         dest = guest_path(target) if target else guest_path(str(source))
+        sharepolicy.check_target(dest, resolved=None, home=None, force=force)
         with state.locked(self.name):
             self.reload()
             settled = self._settle(progress)
@@ -466,8 +474,12 @@ class VM:
                         hint="pick another --to path",
                     )
             self._require_changeable()
+            if self.is_running():
+                resolved, home = self._guest_target(dest)
+                sharepolicy.check_target(dest, resolved=resolved, home=home, force=force)
             spec = ShareSpec(source=str(source), target=dest, readonly=readonly)
             mech = self._pick(self._share_mechs(), mechanism, "share", progress)
+            sharepolicy.check_readonly(mech.name, readonly)
             planned = mech.planned(spec)
             _refuse_if_blocked(settled, lambda s: reconcile.in_the_way(s, planned))
             progress(f"sharing {source} at {dest} in the guest with {mech.name}")
@@ -482,6 +494,16 @@ class VM:
                 self.record.shares.append(done)
                 self._drop_intent(intent)
             return done
+
+    def _guest_target(self, dest: str) -> tuple[str | None, str | None]:
+        """What ``dest`` resolves to in the guest (symlinks and ``..`` followed), and the
+        login user's home; ``None`` for what the guest could not tell."""
+        script = 'realpath -m -- "$1" && printf "%s\\n" "$HOME"'
+        r = self.ssh().run(["sh", "-c", script, "sh", dest], check=False)
+        lines = r.stdout.splitlines()
+        if not r.ok or len(lines) != 2:
+            return None, None
+        return lines[0] or None, lines[1] or None
 
     def unshare(self, path: str | os.PathLike[str]) -> ShareSpec:
         """Remove the share of host folder ``path`` (or of guest path ``path``)."""
@@ -947,14 +969,16 @@ def attach(
     key: str | os.PathLike[str] | None = None,
     fingerprint: str | None = None,
     user: str | None = None,
+    trust_new_host_key: bool = False,
     progress: Progress = no_progress,
 ) -> VM:
     """Adopt a machine vmkit did not create, so share/forward/ssh work on it.
 
     ``ssh://user@host[:port]`` (needs ``key``), ``virtualbox:VMNAME`` (e.g. docker-machine's
-    ``default``) or ``vagrant:PROJECT_DIR[:MACHINE]``. The guest's host key is pinned now:
-    from ``~/.ssh/known_hosts`` or Vagrant when they know it, else as offered (trust on
-    attach; pass ``fingerprint`` to check it).
+    ``default``) or ``vagrant:PROJECT_DIR[:MACHINE]``. The guest's host key is pinned now.
+    An SSH host's key comes from ``~/.ssh/known_hosts``; if that does not list the host, the
+    key offered must match ``fingerprint``, or ``trust_new_host_key`` must say to take it as
+    offered (else ``HostKeyUnknown``, which shows its fingerprint).
     """
     check_name(name)
     scheme = url.split(":", 1)[0]
@@ -968,7 +992,10 @@ def attach(
                 "attaching an SSH host needs its private key", hint="pass --key PATH"
             )
         endpoint = endpoint_for(
-            url, Path(os.fspath(key)).expanduser(), expected_fingerprint=fingerprint
+            url,
+            Path(os.fspath(key)).expanduser(),
+            expected_fingerprint=fingerprint,
+            trust_new_host_key=trust_new_host_key,
         )
         record = VMRecord(name=name, provider="ssh", ssh=endpoint, extra={"url": url})
     elif scheme == "virtualbox":
@@ -1101,22 +1128,6 @@ def _check_sizes(cpus: int, memory: int, disk: int) -> None:
         )
     if not 2 <= disk <= 4096:
         raise InvalidInput(f"--disk {disk} GiB is out of range", hint="use 2 to 4096 GiB")
-
-
-def _host_dir(path: str | os.PathLike[str], *, force: bool) -> Path:
-    p = Path(os.fspath(path)).expanduser()
-    try:
-        resolved = p.resolve(strict=True)
-    except (FileNotFoundError, RuntimeError):
-        raise InvalidInput(f"{p} does not exist", hint="give an existing folder to share") from None
-    if not resolved.is_dir():
-        raise InvalidInput(f"{resolved} is not a folder", hint="share the folder that contains it")
-    if not force and (resolved == Path(resolved.anchor) or resolved == Path.home().resolve()):
-        raise InvalidInput(
-            f"sharing {resolved} would expose everything in it to the VM",
-            hint="share a subfolder, or pass --force",
-        )
-    return resolved
 
 
 def _known_hosts_name(ep: SSHEndpoint) -> str:

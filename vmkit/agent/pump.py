@@ -1,4 +1,4 @@
-"""The agent's byte pumps: a reverse-sshfs session and an SSH-tunnel listener.
+"""The agent's sessions: a reverse-sshfs share (answered by sftpjail) and an SSH-tunnel listener.
 
 Each direction of a connection is pumped on its own and its EOF passed on separately,
 because programs like busybox nc half-close and still expect the answer.
@@ -7,45 +7,30 @@ because programs like busybox nc half-close and still expect the answer.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable
-from typing import IO
 
 import attrs
 import paramiko
 
+from vmkit.agent import sftpjail
 from vmkit.errors import NotSupported, PortInUse, ProviderError, SSHError, VmkitError
 from vmkit.guest.ssh import SSHSession
 from vmkit.mechanisms.base import guest_mountpoints, prepare_mountpoint, unmount
 from vmkit.state import ForwardSpec, ShareSpec
 
-SFTP_SERVERS = (
-    "/usr/lib/openssh/sftp-server",
-    "/usr/libexec/openssh/sftp-server",
-    "/usr/libexec/sftp-server",
-)
-
-
-def find_sftp_server() -> str:
-    for p in SFTP_SERVERS:
-        if shutil.which(p):
-            return p
-    raise NotSupported("no sftp-server on this host", hint="install openssh-sftp-server")
-
 
 class SSHFSSession:
-    """One share: the host's sftp-server piped over an SSH channel to ``sshfs -o passive`` in the guest."""
+    """One share: ``sshfs -o passive`` in the guest, answered over its SSH channel by an SFTP
+    server confined to the share (vmkit/agent/sftpjail.py)."""
 
     def __init__(self, ssh: SSHSession, spec: ShareSpec) -> None:
         self.ssh = ssh
         self.spec = attrs.evolve(spec, mechanism="sshfs", tag=spec.tag or "sshfs")
-        self._server: subprocess.Popen[bytes] | None = None
         self._chan: paramiko.Channel | None = None
-        self._threads: list[threading.Thread] = []
+        self._server: threading.Thread | None = None
 
     def start(self, timeout: float = 15.0) -> None:
         if self.spec.target in guest_mountpoints(self.ssh):
@@ -58,24 +43,9 @@ class SSHFSSession:
         if self.spec.readonly:
             opts += ["-o", "ro"]
         argv = ["sudo", "-n", "sshfs", "-f", *opts, ":" + self.spec.source, self.spec.target]
-        # The server's stdin/stdout carry SFTP; its stderr goes to the agent log.
-        self._server = subprocess.Popen(
-            [find_sftp_server()], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        try:
-            self._chan = self.ssh.open_channel(argv)
-        except BaseException:
-            self._server.kill()
-            raise
-        assert self._server.stdin is not None and self._server.stdout is not None
-        chan = self._chan
-        server_in, server_out = self._server.stdin, self._server.stdout
-        self._threads = [
-            threading.Thread(target=_pipe_to_chan, args=(server_out, chan), daemon=True),
-            threading.Thread(target=_chan_to_pipe, args=(chan, server_in), daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
+        # The channel's stdin/stdout carry SFTP; sshfs's stderr stays on the channel.
+        self._chan = chan = self.ssh.open_channel(argv)
+        self._server = sftpjail.serve(chan, self.spec.source, readonly=self.spec.readonly)
         deadline = time.monotonic() + timeout
         while guest_mountpoints(self.ssh).get(self.spec.target) != "fuse.sshfs":
             if chan.exit_status_ready() or time.monotonic() > deadline:
@@ -101,32 +71,7 @@ class SSHFSSession:
         if self._chan is not None:
             self._chan.close()
         if self._server is not None:
-            with contextlib.suppress(OSError):
-                self._server.kill()
-            self._server.wait(5)
-
-
-def _pipe_to_chan(src: IO[bytes], chan: paramiko.Channel) -> None:
-    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-        while True:
-            data = src.read1(65536)  # type: ignore[attr-defined]
-            if not data:
-                break
-            chan.sendall(data)
-    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-        chan.shutdown_write()
-
-
-def _chan_to_pipe(chan: paramiko.Channel, dst: IO[bytes]) -> None:
-    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-        while True:
-            data = chan.recv(65536)
-            if not data:
-                break
-            dst.write(data)
-            dst.flush()
-    with contextlib.suppress(OSError):
-        dst.close()
+            self._server.join(5)
 
 
 class Tunnel:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -108,9 +109,13 @@ class Bundle:
 def write(bundle: Bundle) -> Path:
     """Write ``bundle.json`` (beside it first, then renamed: a half manifest never exists)."""
     path = bundle.dir / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.part")
-    tmp.write_text(json.dumps(bundle.to_json(), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with tempfile.NamedTemporaryFile(
+        "w", dir=bundle.dir, prefix=f".{MANIFEST}.", suffix=".part", delete=False, encoding="utf-8"
+    ) as tmp:
+        tmp.write(json.dumps(bundle.to_json(), indent=2) + "\n")
+    # NamedTemporaryFile makes it 0600; a manifest is for everyone who may read the bundle.
+    os.chmod(tmp.name, 0o644)
+    os.replace(tmp.name, path)
     return path
 
 

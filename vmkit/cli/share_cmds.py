@@ -6,6 +6,7 @@ import click
 from rich.table import Table
 
 import vmkit.vm as api
+from vmkit import sharepolicy
 from vmkit.cli.render import console, err_console, progress_printer
 from vmkit.errors import ForwardNotFound, InvalidInput
 
@@ -30,7 +31,11 @@ def register(group: click.Group) -> None:
     help="Where it appears in the guest (default: the same path).",
 )
 @click.option("--readonly", is_flag=True, help="The guest may read but not write.")
-@click.option("--force", is_flag=True, help="Allow sharing / or your whole home folder.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Allow sharing / or your home folder, or a guest system folder as --to (never /).",
+)
 @click.option(
     "--mechanism",
     type=click.Choice(["virtiofs", "sshfs", "vboxsf"]),
@@ -86,6 +91,8 @@ def shares(vm_name: str | None) -> None:
             "yes" if (s.source, s.target) in active else "[red]no[/]",
         )
     console.print(table)
+    for mech in sorted({s.mechanism for s in vm.shares()} & set(sharepolicy.CAVEATS)):
+        console.print(f"note: {mech}: {sharepolicy.CAVEATS[mech]}", markup=False, soft_wrap=True)
     _orphans(vm, shares=True)
 
 
@@ -269,6 +276,11 @@ def repair(name: str | None) -> None:
 @click.option("--user", help="SSH user (virtualbox: VMs; default: docker-machine's 'docker').")
 @click.option("--fingerprint", help="Expected SHA256:... host key fingerprint.")
 @click.option(
+    "--trust-new-host-key",
+    is_flag=True,
+    help="ssh://: pin the host key as offered when known_hosts does not list the host.",
+)
+@click.option(
     "--refresh",
     is_flag=True,
     help="Finish an attached VirtualBox VM's SSH part: read its host key, confirm, pin it.",
@@ -280,6 +292,7 @@ def attach(
     key: str | None,
     user: str | None,
     fingerprint: str | None,
+    trust_new_host_key: bool,
     refresh: bool,
     yes: bool,
 ) -> None:
@@ -295,7 +308,13 @@ def attach(
     if not url or not name:
         raise click.UsageError("give the machine and --name NAME (or --refresh NAME)")
     vm = api.attach(
-        url, name, key=key, user=user, fingerprint=fingerprint, progress=progress_printer()
+        url,
+        name,
+        key=key,
+        user=user,
+        fingerprint=fingerprint,
+        trust_new_host_key=trust_new_host_key,
+        progress=progress_printer(),
     )
     ep = vm.record.ssh
     console.print(f"[green]✓[/] attached {url} as [bold]{name}[/]", soft_wrap=True)

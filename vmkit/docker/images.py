@@ -21,6 +21,7 @@ import json
 import lzma
 import os
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -521,10 +522,18 @@ def write_archive(
     (written beside it, then renamed). ``progress(tar bytes so far)``.
     """
     out, kind = _target(path)
-    tmp = out.with_name(f".{out.name}.part")
     check = TarCheck()
     try:
-        with open(tmp, "wb") as raw:
+        # A name no one can guess or plant beforehand (O_EXCL), in the destination folder so
+        # the rename is atomic.
+        raw = tempfile.NamedTemporaryFile(  # noqa: SIM115 -- closed by the with below
+            dir=out.parent, prefix=f".{out.name}.", suffix=".part", delete=False
+        )
+    except OSError as e:
+        raise InvalidInput(f"cannot write {out}: {e.strerror or e}") from e
+    tmp = Path(raw.name)
+    try:
+        with raw:
             hashed = HashingWriter(raw)
             with _compressor(kind, cast(IO[bytes], hashed)) as sink:
                 for chunk in chunks:

@@ -1,7 +1,7 @@
 """Reverse sshfs: works on any SSH host; the VM's agent keeps the session alive.
 
-The host runs ``sftp-server``; the guest runs ``sshfs -o passive`` over one SSH channel, so
-the guest never needs to reach the host over the network. Slower than virtio-fs under TCG
+The guest runs ``sshfs -o passive`` over one SSH channel, answered by an SFTP server in the
+agent that is confined to the share (vmkit/agent/sftpjail.py), so the guest never needs to reach the host over the network. Slower than virtio-fs under TCG
 (2-3 MiB/s: the guest does the crypto), but available everywhere.
 """
 
@@ -25,9 +25,6 @@ class ReverseSSHFS:
     name: str = "sshfs"
 
     def check(self) -> None:
-        from vmkit.agent.pump import find_sftp_server
-
-        find_sftp_server()
         if not self.ssh().run(["sh", "-c", "command -v sshfs"], check=False).ok:
             raise NotSupported("the guest has no sshfs", hint="install sshfs in the guest")
 

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 import attrs
 import paramiko
 
-from vmkit.errors import HostKeyMismatch, InvalidInput, NotSupported, SSHError
+from vmkit.errors import HostKeyMismatch, HostKeyUnknown, InvalidInput, NotSupported, SSHError
 from vmkit.host.netutil import read_banner
 from vmkit.progress import Progress
 from vmkit.providers.base import Capabilities, Status, VMState
@@ -98,18 +98,22 @@ def endpoint_for(
     *,
     expected_fingerprint: str | None = None,
     known_hosts: Path | None = None,
+    trust_new_host_key: bool = False,
 ) -> SSHEndpoint:
     """The pinned endpoint of an SSH machine.
 
     The host key comes from ``known_hosts`` (default ``~/.ssh/known_hosts``) when it lists the
-    host; else it is read from the server and, if ``expected_fingerprint`` is given, must match.
+    host; else it is read from the server and must match ``expected_fingerprint``, or be
+    trusted as offered because ``trust_new_host_key`` says so; with neither, ``HostKeyUnknown``
+    names the offered key's fingerprint for the user to check.
     """
     t = parse_url(url)
     if not key_file.is_file():
         raise InvalidInput(
             f"key file {key_file} does not exist", hint="pass --key PATH to a private key"
         )
-    pinned = known_host_key(t.host, t.port, known_hosts or Path.home() / ".ssh" / "known_hosts")
+    known = known_hosts or Path.home() / ".ssh" / "known_hosts"
+    pinned = known_host_key(t.host, t.port, known)
     offered = fetch_host_key(t.host, t.port)
     # The server may offer another key type than the one known; only the known type is pinned.
     if (
@@ -121,6 +125,12 @@ def endpoint_for(
             f"{t.host}:{t.port} offers a host key other than the one in known_hosts"
         )
     key = pinned or offered
+    if pinned is None and not expected_fingerprint and not trust_new_host_key:
+        raise HostKeyUnknown(
+            f"{t.host}:{t.port} is not in {known}; it offers host key {fingerprint(offered)}",
+            hint="compare it with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on that "
+            "machine, then pass --fingerprint SHA256:... (or --trust-new-host-key)",
+        )
     if expected_fingerprint and fingerprint(key) != expected_fingerprint:
         raise HostKeyMismatch(
             f"{t.host}:{t.port} has host key {fingerprint(key)}, not {expected_fingerprint}",

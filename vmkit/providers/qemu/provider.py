@@ -144,6 +144,10 @@ class QemuProvider:
                     raise
                 continue
             break
+        # QEMU makes its monitor socket with the default umask; whoever can connect to it
+        # owns the VM (and the VM folder is 0700 already).
+        with contextlib.suppress(FileNotFoundError):
+            f.qmp.chmod(0o600)
 
     def _check_box(self, record: VMRecord) -> None:
         """Refuse to boot an overlay whose base box was rebuilt: its blocks would not match."""

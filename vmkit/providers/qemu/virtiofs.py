@@ -1,5 +1,10 @@
 """virtio-fs shares hot-plugged into a running QEMU guest.
 
+Each ``virtiofsd`` runs confined by vmkit/host/fsguard.py: in a user namespace where the host
+user is the guest's login user, with the share bind-mounted (read-only for ``--readonly``),
+and a seccomp filter that keeps set-id bits, device nodes, chown and foreign owners out of the
+host folder. So ownership and read-only hold on the host, and no root is needed.
+
 Per share: one ``virtiofsd`` for the host folder, a QMP ``chardev-add`` for its socket, a
 ``device_add vhost-user-fs-pci`` and a ``mount -t virtiofs`` in the guest. Guest RAM must be a
 shared memory backend (vmkit's QEMU command line makes it so); without it virtiofsd dies and
@@ -19,7 +24,7 @@ import attrs
 
 from vmkit.errors import GuestModuleMissing, NotSupported, ProviderError, QMPError, VmkitError
 from vmkit.guest.ssh import SSHSession
-from vmkit.host import procs, signals
+from vmkit.host import fsguard, procs
 from vmkit.host.faults import point
 from vmkit.host.runner import spawn
 from vmkit.mechanisms.base import (
@@ -67,11 +72,14 @@ class VirtioFS:
 
     def check(self) -> None:
         find_virtiofsd()
-        if not signals.is_root():
-            # Debian 12's virtiofsd (the C one in qemu-system-common) sandboxes itself with
-            # namespaces and pivot_root, which needs root; the Rust virtiofsd does not.
+        why = fsguard.unavailable()
+        if why:
+            # virtiofsd runs confined (vmkit/host/fsguard.py): without that it could neither
+            # map ownership nor enforce --readonly on the host.
             raise NotSupported(
-                "virtiofsd needs root on this host", hint="run vmkit as root, or use sshfs"
+                f"virtio-fs cannot be confined here: {why}",
+                hint="allow user namespaces (sysctl user.max_user_namespaces, "
+                "kernel.unprivileged_userns_clone) and install libseccomp2, or use sshfs",
             )
         with self._qmp() as q:
             memdevs = q.execute("query-memdev")
@@ -96,24 +104,41 @@ class VirtioFS:
         try:
             with contextlib.suppress(FileNotFoundError):
                 sock.unlink()
-            proc = spawn(
-                [
-                    find_virtiofsd(),
-                    "-f",
-                    f"--socket-path={sock}",
-                    "-o",
-                    "source=" + _fuse_opt_escape(spec.source),
-                    "-o",
-                    # No "-o xattr": it costs a host round trip per file on every
-                    # listing (measured: `ls -l` of 2000 files 7x slower) and
-                    # bind mounts into containers do not need extended attributes.
-                    "cache=auto",
-                ],
-                log=files.virtiofs_log(tag),
+            uid, gid = _login_ids(self.ssh())
+            root = files.virtiofs_root(tag)
+            root.mkdir(mode=0o700, exist_ok=True)
+            server = [
+                find_virtiofsd(),
+                "-f",
+                "-o",
+                # The share is bind-mounted on this folder in virtiofsd's namespace; the name
+                # carries the tag, so a daemon is found by its command line.
+                "source=" + _fuse_opt_escape(str(root)),
+                "-o",
+                # No "-o xattr": it costs a host round trip per file on every
+                # listing (measured: `ls -l` of 2000 files 7x slower) and
+                # bind mounts into containers do not need extended attributes.
+                "cache=auto",
+                # No device nodes, no file capabilities (fsguard's filter also refuses them).
+                "-o",
+                "modcaps=-mknod:-setfcap",
+                # fsguard raised the descriptor limit; a user namespace cannot raise it more.
+                "--rlimit-nofile=0",
+            ]
+            argv = fsguard.command(
+                spec.source,
+                root=str(root),
+                listen=str(sock),
+                readonly=spec.readonly,
+                uid=uid,
+                gid=gid,
+                server=server,
             )
+            proc = spawn(argv, log=files.virtiofs_log(tag))
             pidfile.write_text(str(proc.pid))
-            undo.append(lambda: _stop_daemon(pidfile, sock))
-            _wait_socket(sock, proc.pid, timeout=10)
+            undo.append(lambda: _stop_daemon(pidfile, sock, root))
+            _wait_socket(sock, proc.pid, server[0], timeout=10)
+            sock.chmod(0o600)
             point("virtiofs:daemon")
             with self._qmp() as q:
                 q.execute(
@@ -189,7 +214,7 @@ class VirtioFS:
         self._chardev_remove(tag)
         point("virtiofs:chardev-removed")
         files = self.record.files
-        _stop_daemon(files.virtiofs_pid(tag), files.virtiofs_sock(tag))
+        _stop_daemon(files.virtiofs_pid(tag), files.virtiofs_sock(tag), files.virtiofs_root(tag))
 
     def leftovers(self, wanted: Sequence[ShareSpec]) -> list[Leftover]:
         """Pieces of virtio-fs shares none of ``wanted`` accounts for, found by their names:
@@ -219,7 +244,7 @@ class VirtioFS:
             pieces.setdefault(tag, []).append(f"virtiofsd (pid {pid})")
         for f in sorted(files.dir.glob("virtiofs-vmkit-*")):
             m = _TAG.search(f.name)
-            if m and m.group() not in daemons and f.suffix in (".sock", ".pid"):
+            if m and m.group() not in daemons and f.suffix in (".sock", ".pid", ".root"):
                 pieces.setdefault(m.group(), []).append(f"stale file {f.name}")
         out = []
         for tag in sorted(set(pieces) - keep):
@@ -267,10 +292,20 @@ def _daemons(folder: Path) -> dict[str, int]:
     found: dict[str, int] = {}
     for pid in procs.find(str(folder / "virtiofs-")):
         for arg in procs.cmdline(pid) or []:
-            m = _TAG.search(arg)
-            if arg.startswith("--socket-path=") and m:
+            # virtiofsd's "source=…/virtiofs-TAG.root"; fsguard's "--listen=…/virtiofs-TAG.sock"
+            m = _TAG.search(Path(arg).name)
+            if arg.startswith(("source=", "--listen=", "--socket-path=")) and m:
                 found.setdefault(m.group(), pid)
     return found
+
+
+def _login_ids(ssh: SSHSession) -> tuple[int, int]:
+    """The guest login user's uid and gid: the host user's files appear as theirs."""
+    out = ssh.run(["sh", "-c", "id -u; id -g"]).stdout.split()
+    try:
+        return int(out[0]), int(out[1])
+    except (IndexError, ValueError):
+        raise ProviderError(f"the guest's `id` printed {out!r}, not a uid and a gid") from None
 
 
 def _fuse_opt_escape(value: str) -> str:
@@ -278,23 +313,28 @@ def _fuse_opt_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(",", "\\,")
 
 
-def _wait_socket(sock: Path, pid: int, timeout: float) -> None:
+def _wait_socket(sock: Path, pid: int, program: str, timeout: float) -> None:
+    """Until ``sock`` listens and the confinement is done: the process is ``program`` itself
+    (fsguard's setup fails, and the process ends, before it executes ``program``)."""
     deadline = time.monotonic() + timeout
-    while not sock.exists():
+    while not (sock.exists() and (procs.cmdline(pid) or [""])[0] == program):
         if not procs.running(pid):
             raise ProviderError("virtiofsd exited at once", hint=f"see {sock.with_suffix('.log')}")
         if time.monotonic() > deadline:
-            raise ProviderError(f"virtiofsd did not create {sock} within {timeout:g} s")
+            raise ProviderError(f"virtiofsd did not start on {sock} within {timeout:g} s")
         time.sleep(0.02)
 
 
-def _stop_daemon(pidfile: Path, sock: Path) -> None:
+def _stop_daemon(pidfile: Path, sock: Path, root: Path) -> None:
     pid = procs.read_pid(pidfile)
     if pid is not None:
-        procs.terminate(pid, str(sock), timeout=3)
+        procs.terminate(pid, str(root), timeout=3)
     # virtiofsd's sandbox child can outlive its parent by a moment; wait for all of them.
-    for straggler in procs.find(str(sock)):
-        procs.terminate(straggler, str(sock), timeout=3)
+    for marker in (str(sock), str(root)):
+        for straggler in procs.find(marker):
+            procs.terminate(straggler, marker, timeout=3)
     for p in (pidfile, sock):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
+    with contextlib.suppress(OSError):
+        root.rmdir()  # empty outside the daemon's namespace

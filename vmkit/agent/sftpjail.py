@@ -1,0 +1,303 @@
+"""An SFTP server confined to one shared folder, for reverse-sshfs shares.
+
+The guest's ``sshfs -o passive`` speaks SFTP over the SSH channel the agent opened; paramiko's
+``SFTPServer`` answers on that channel, and ``JailedSFTP`` decides every request:
+
+- Only paths at or below the share's folder exist: the guest names them by their host path
+  (``:SOURCE`` is where sshfs starts), and anything else, ``..`` included, is refused.
+- Every path is walked one component at a time from the share's root with ``O_NOFOLLOW``, and
+  the last step works on the directory's descriptor: a symlink is never followed on the host
+  (the guest's kernel follows symlinks itself, so sshfs never needs the host to), and a symlink
+  swapped in mid-request cannot lead out of the share.
+- Read-only shares refuse every change here, whatever the guest mounts.
+- No setuid/setgid bit is ever set and ``chown`` is refused: files are the host user's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import posixpath
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, TypeVar
+
+import paramiko
+from paramiko.sftp import SFTP_OK, SFTP_OP_UNSUPPORTED, SFTP_PERMISSION_DENIED
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+T = TypeVar("T")
+_WALK = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+#: What a mode may carry through a share: permissions and the sticky bit, never set-id bits.
+_MODE_BITS = 0o1777
+
+
+class _Refused(Exception):
+    """A request outside the share (or a change to a read-only one)."""
+
+
+def serve(channel: paramiko.Channel, root: str, *, readonly: bool) -> threading.Thread:
+    """Answer SFTP on ``channel`` (an open session channel whose other end is an SFTP
+    client), confined to folder ``root``; returns the running server thread."""
+    server = paramiko.SFTPServer(
+        channel, "sftp", paramiko.ServerInterface(), JailedSFTP, root, readonly
+    )
+    server.daemon = True
+    server.start()
+    return server
+
+
+class JailedSFTP(paramiko.SFTPServerInterface):
+    """SFTP requests answered inside ``root`` only (see the module docstring)."""
+
+    def __init__(self, server: paramiko.ServerInterface, root: str, readonly: bool) -> None:
+        super().__init__(server)
+        self.root = posixpath.normpath(root)
+        self.readonly = readonly
+
+    # -- paths ----------------------------------------------------------------------------
+
+    def _parts(self, path: str) -> list[str]:
+        """The components of ``path`` below the root; refused if it is not in the share."""
+        full = posixpath.normpath(posixpath.join(self.root, path))
+        if full.startswith("//"):
+            full = "/" + full.lstrip("/")
+        if full == self.root:
+            return []
+        prefix = self.root.rstrip("/") + "/"
+        if not full.startswith(prefix):
+            raise _Refused(path)
+        return full[len(prefix) :].split("/")
+
+    @contextlib.contextmanager
+    def _at(self, path: str) -> Iterator[tuple[int, str]]:
+        """``(directory fd, name)`` of ``path``'s last component, reached without following
+        any symlink; the root itself is ``(root fd, ".")``."""
+        parts = self._parts(path)
+        fd = os.open(self.root, _WALK)
+        try:
+            for name in parts[:-1]:
+                try:
+                    nxt = os.open(name, _WALK, dir_fd=fd)
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise _Refused(path) from e  # a symlink (or file) on the way
+                    raise
+                os.close(fd)
+                fd = nxt
+            yield fd, parts[-1] if parts else "."
+        finally:
+            os.close(fd)
+
+    def _change(self) -> None:
+        if self.readonly:
+            raise _Refused("read-only share")
+
+    # -- requests -------------------------------------------------------------------------
+
+    def canonicalize(self, path: str) -> str:
+        return posixpath.normpath(posixpath.join(self.root, path))
+
+    def list_folder(self, path: str) -> list[paramiko.SFTPAttributes] | int:
+        def run() -> list[paramiko.SFTPAttributes]:
+            with self._at(path) as (d, name):
+                if stat.S_ISLNK(os.stat(name, dir_fd=d, follow_symlinks=False).st_mode):
+                    raise _Refused(path)
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=d)
+            with os.scandir(fd) as it:
+                entries = list(it)
+            try:
+                out = []
+                for e in entries:
+                    with contextlib.suppress(FileNotFoundError):
+                        st = os.stat(e.name, dir_fd=fd, follow_symlinks=False)
+                        out.append(paramiko.SFTPAttributes.from_stat(st, e.name))
+                return out
+            finally:
+                os.close(fd)
+
+        return _answer(run)
+
+    def stat(self, path: str) -> paramiko.SFTPAttributes | int:
+        # SFTP's stat follows symlinks; the guest resolves them itself, so the host answers
+        # with the link's own attributes rather than follow it anywhere.
+        return self.lstat(path)
+
+    def lstat(self, path: str) -> paramiko.SFTPAttributes | int:
+        def run() -> paramiko.SFTPAttributes:
+            with self._at(path) as (d, name):
+                return paramiko.SFTPAttributes.from_stat(
+                    os.stat(name, dir_fd=d, follow_symlinks=False)
+                )
+
+        return _answer(run)
+
+    def open(
+        self, path: str, flags: int, attr: paramiko.SFTPAttributes
+    ) -> paramiko.SFTPHandle | int:
+        def run() -> paramiko.SFTPHandle:
+            if flags & _WRITE_FLAGS:
+                self._change()
+            mode = (attr.st_mode or 0o666) & _MODE_BITS if attr is not None else 0o666
+            with self._at(path) as (d, name):
+                fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=d)
+            return _Handle(fd, flags, readonly=self.readonly)
+
+        return _answer(run)
+
+    def remove(self, path: str) -> int:
+        def run() -> int:
+            self._change()
+            with self._at(path) as (d, name):
+                os.unlink(name, dir_fd=d)
+            return SFTP_OK
+
+        return _answer(run)
+
+    def rmdir(self, path: str) -> int:
+        def run() -> int:
+            self._change()
+            with self._at(path) as (d, name):
+                os.rmdir(name, dir_fd=d)
+            return SFTP_OK
+
+        return _answer(run)
+
+    def mkdir(self, path: str, attr: paramiko.SFTPAttributes) -> int:
+        def run() -> int:
+            self._change()
+            mode = (attr.st_mode or 0o777) & 0o777 if attr is not None else 0o777
+            with self._at(path) as (d, name):
+                os.mkdir(name, mode, dir_fd=d)
+            return SFTP_OK
+
+        return _answer(run)
+
+    def rename(self, oldpath: str, newpath: str) -> int:
+        def run() -> int:
+            self._change()
+            with self._at(oldpath) as (d1, n1), self._at(newpath) as (d2, n2):
+                with contextlib.suppress(FileNotFoundError):
+                    os.stat(n2, dir_fd=d2, follow_symlinks=False)
+                    # SFTP's rename must not replace (posix_rename does).
+                    raise FileExistsError(errno.EEXIST, n2)
+                os.rename(n1, n2, src_dir_fd=d1, dst_dir_fd=d2)
+            return SFTP_OK
+
+        return _answer(run)
+
+    def posix_rename(self, oldpath: str, newpath: str) -> int:
+        def run() -> int:
+            self._change()
+            with self._at(oldpath) as (d1, n1), self._at(newpath) as (d2, n2):
+                os.replace(n1, n2, src_dir_fd=d1, dst_dir_fd=d2)
+            return SFTP_OK
+
+        return _answer(run)
+
+    def chattr(self, path: str, attr: paramiko.SFTPAttributes) -> int:
+        def run() -> int:
+            self._change()
+            with self._at(path) as (d, name):
+                fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
+            try:
+                _set_attrs(fd, attr)
+            finally:
+                os.close(fd)
+            return SFTP_OK
+
+        return _answer(run)
+
+    def readlink(self, path: str) -> str | int:
+        def run() -> str:
+            with self._at(path) as (d, name):
+                return os.readlink(name, dir_fd=d)
+
+        return _answer(run)
+
+    def symlink(self, target_path: str, path: str) -> int:
+        # The link's text is only ever followed by the guest (never by this server).
+        def run() -> int:
+            self._change()
+            with self._at(path) as (d, name):
+                os.symlink(target_path, name, dir_fd=d)
+            return SFTP_OK
+
+        return _answer(run)
+
+
+class _Handle(paramiko.SFTPHandle):
+    """An open file: positional reads and writes on its descriptor."""
+
+    def __init__(self, fd: int, flags: int, *, readonly: bool) -> None:
+        super().__init__(flags)
+        self.fd = fd
+        self.readonly = readonly
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+    def read(self, offset: int, length: int) -> bytes | int:
+        return _answer(lambda: os.pread(self.fd, length, offset))
+
+    def write(self, offset: int, data: Buffer) -> int:
+        def run() -> int:
+            view, at = memoryview(data), offset
+            while view:
+                n = os.pwrite(self.fd, view, at)
+                view, at = view[n:], at + n
+            return SFTP_OK
+
+        return _answer(run)
+
+    def stat(self) -> paramiko.SFTPAttributes | int:
+        return _answer(lambda: paramiko.SFTPAttributes.from_stat(os.fstat(self.fd)))
+
+    def chattr(self, attr: paramiko.SFTPAttributes) -> int:
+        def run() -> int:
+            if self.readonly:
+                raise _Refused("read-only share")
+            _set_attrs(self.fd, attr)
+            return SFTP_OK
+
+        return _answer(run)
+
+
+def _set_attrs(fd: int, attr: paramiko.SFTPAttributes) -> None:
+    """Apply SFTP attributes to the file behind ``fd`` (an ``O_PATH`` or open descriptor):
+    set-id bits are dropped, an owner change is refused, a symlink is left alone."""
+    st = os.fstat(fd)
+    if stat.S_ISLNK(st.st_mode):
+        raise _Refused("attributes of a symlink")
+    if (attr.st_uid is not None and attr.st_uid not in (-1, st.st_uid)) or (
+        attr.st_gid is not None and attr.st_gid not in (-1, st.st_gid)
+    ):
+        raise _Refused("files in a share belong to the host user")
+    proc = f"/proc/self/fd/{fd}"
+    if attr.st_mode is not None:
+        os.chmod(proc, attr.st_mode & _MODE_BITS)
+    if attr.st_size is not None:
+        os.truncate(proc, attr.st_size)
+    if attr.st_atime is not None and attr.st_mtime is not None:
+        os.utime(proc, (attr.st_atime, attr.st_mtime))
+
+
+def _answer(run: Callable[[], T]) -> T | int:
+    """``run()``, with refusals and OS errors turned into SFTP status codes."""
+    try:
+        return run()
+    except _Refused:
+        return SFTP_PERMISSION_DENIED
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EPERM):
+            # A symlink where a file was asked for (not followed on the host), or not allowed.
+            return SFTP_PERMISSION_DENIED
+        return paramiko.SFTPServer.convert_errno(e.errno or errno.EIO)
+    except NotImplementedError:
+        return SFTP_OP_UNSUPPORTED
