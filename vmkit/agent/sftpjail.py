@@ -11,6 +11,8 @@ The guest's ``sshfs -o passive`` speaks SFTP over the SSH channel the agent open
   swapped in mid-request cannot lead out of the share.
 - Read-only shares refuse every change here, whatever the guest mounts.
 - No setuid/setgid bit is ever set and ``chown`` is refused: files are the host user's.
+
+POSIX hosts only: the walk needs ``dir_fd`` and ``O_NOFOLLOW``, which Windows lacks.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import errno
 import os
 import posixpath
 import stat
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
@@ -30,8 +33,18 @@ from paramiko.sftp import SFTP_OK, SFTP_OP_UNSUPPORTED, SFTP_PERMISSION_DENIED
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
+assert sys.platform != "win32", "vmkit.agent.sftpjail needs a POSIX host"
+
 T = TypeVar("T")
-_WALK = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+if sys.platform == "linux":
+    # O_PATH: a handle on the name itself (a symlink's own, too) that reads nothing.
+    _WALK = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+    _NAME = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+else:
+    # No O_PATH (macOS): directories are opened for reading; attributes of a symlink itself
+    # cannot be changed (ELOOP), which sshfs does not need.
+    _WALK = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+    _NAME = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 #: What a mode may carry through a share: permissions and the sticky bit, never set-id bits.
 _MODE_BITS = 0o1777
@@ -204,7 +217,7 @@ class JailedSFTP(paramiko.SFTPServerInterface):
         def run() -> int:
             self._change()
             with self._at(path) as (d, name):
-                fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
+                fd = os.open(name, _NAME, dir_fd=d)
             try:
                 _set_attrs(fd, attr)
             finally:
@@ -279,7 +292,9 @@ def _set_attrs(fd: int, attr: paramiko.SFTPAttributes) -> None:
         attr.st_gid is not None and attr.st_gid not in (-1, st.st_gid)
     ):
         raise _Refused("files in a share belong to the host user")
-    proc = f"/proc/self/fd/{fd}"
+    # Linux: an O_PATH descriptor is changed through its /proc/self/fd name. Elsewhere the
+    # descriptor itself is (a size change then needs one open for writing, as sshfs's are).
+    proc: int | str = f"/proc/self/fd/{fd}" if sys.platform == "linux" else fd
     if attr.st_mode is not None:
         os.chmod(proc, attr.st_mode & _MODE_BITS)
     if attr.st_size is not None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import resource
 import socket
 import stat
 import sys
@@ -54,6 +53,8 @@ exec unshare --user --map-user="$uid" --map-group="$gid" --keep-caps -- "$@"
 def unavailable() -> str:
     """Why this host cannot run a confined server ("" if it can): the seccomp library, or
     user namespaces."""
+    if sys.platform != "linux":
+        return "it needs Linux's user namespaces and seccomp"
     try:
         import pyseccomp  # noqa: F401 -- loads libseccomp
     except (ImportError, OSError, RuntimeError) as e:
@@ -116,6 +117,11 @@ def command(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """The wrapper process (see the module docstring); Linux only."""
+    if sys.platform != "linux":
+        raise SystemExit("vmkit.host.fsguard runs on Linux only (namespaces, seccomp)")
+    import resource
+
     p = argparse.ArgumentParser(prog="python -m vmkit.host.fsguard")
     p.add_argument("--readonly", action="store_true")
     p.add_argument("--uid", type=int, required=True, help="the guest's login uid")
