@@ -20,6 +20,7 @@ import paramiko
 
 from vmkit.errors import NotSupported, PortInUse, ProviderError, SSHError, VmkitError
 from vmkit.guest.ssh import SSHSession
+from vmkit.host.transport import SocketStream, Stream
 from vmkit.mechanisms.base import guest_mountpoints, prepare_mountpoint, unmount
 from vmkit.state import ForwardSpec, ShareSpec
 
@@ -71,8 +72,14 @@ class SSHFSSession:
         chan = self._chan
         server_in, server_out = self._server.stdin, self._server.stdout
         self._threads = [
-            threading.Thread(target=_pipe_to_chan, args=(server_out, chan), daemon=True),
-            threading.Thread(target=_chan_to_pipe, args=(chan, server_in), daemon=True),
+            threading.Thread(
+                target=pump,
+                args=(server_out.read1, chan.sendall, chan.shutdown_write),  # type: ignore[attr-defined]
+                daemon=True,
+            ),
+            threading.Thread(
+                target=pump, args=(chan.recv, _write_flush(server_in), server_in.close), daemon=True
+            ),
         ]
         for t in self._threads:
             t.start()
@@ -106,27 +113,60 @@ class SSHFSSession:
             self._server.wait(5)
 
 
-def _pipe_to_chan(src: IO[bytes], chan: paramiko.Channel) -> None:
-    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+def pump(
+    recv: Callable[[int], bytes], send: Callable[[bytes], None], eof: Callable[[], None]
+) -> None:
+    """Copy one direction of a connection until its end, then pass the EOF on with ``eof``.
+
+    The one byte pump of the agent: sshfs sessions, SSH tunnels and the Docker endpoint all
+    carry each direction with it. Errors of either side end the copy as an EOF would.
+    """
+    with contextlib.suppress(OSError, EOFError, ValueError, paramiko.SSHException):
         while True:
-            data = src.read1(65536)  # type: ignore[attr-defined]
+            data = recv(65536)
             if not data:
                 break
-            chan.sendall(data)
-    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-        chan.shutdown_write()
+            send(data)
+    with contextlib.suppress(OSError, EOFError, ValueError, paramiko.SSHException):
+        eof()
 
 
-def _chan_to_pipe(chan: paramiko.Channel, dst: IO[bytes]) -> None:
-    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-        while True:
-            data = chan.recv(65536)
-            if not data:
-                break
-            dst.write(data)
-            dst.flush()
-    with contextlib.suppress(OSError):
-        dst.close()
+def pump_both(
+    a: Stream | paramiko.Channel,
+    b: Stream | paramiko.Channel,
+    first: bytes = b"",
+    back: bytes = b"",
+) -> None:
+    """Carry ``a`` ↔ ``b`` until both directions ended, then close both.
+
+    ``first`` is sent to ``b`` and ``back`` to ``a`` before anything else (bytes a parser read
+    ahead). Returns when both sides have finished.
+    """
+
+    def a_to_b() -> None:
+        if first:
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                b.sendall(first)
+        pump(a.recv, b.sendall, b.shutdown_write)
+
+    t = threading.Thread(target=a_to_b, daemon=True)
+    t.start()
+    if back:
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            a.sendall(back)
+    pump(b.recv, a.sendall, a.shutdown_write)
+    t.join()
+    for s in (a, b):
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            s.close()
+
+
+def _write_flush(dst: IO[bytes]) -> Callable[[bytes], None]:
+    def write(data: bytes) -> None:
+        dst.write(data)
+        dst.flush()
+
+    return write
 
 
 class Tunnel:
@@ -195,36 +235,4 @@ class Tunnel:
             conn.close()
             return
 
-        def close_both() -> None:
-            conn.close()
-            chan.close()
-
-        done = threading.Barrier(2, action=close_both)
-        threading.Thread(target=_sock_to_chan, args=(conn, chan, done), daemon=True).start()
-        _chan_to_sock(chan, conn, done)
-
-
-def _sock_to_chan(conn: socket.socket, chan: paramiko.Channel, done: threading.Barrier) -> None:
-    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-        while True:
-            data = conn.recv(65536)
-            if not data:
-                break
-            chan.sendall(data)
-    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-        chan.shutdown_write()
-    with contextlib.suppress(threading.BrokenBarrierError):
-        done.wait()
-
-
-def _chan_to_sock(chan: paramiko.Channel, conn: socket.socket, done: threading.Barrier) -> None:
-    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-        while True:
-            data = chan.recv(65536)
-            if not data:
-                break
-            conn.sendall(data)
-    with contextlib.suppress(OSError):
-        conn.shutdown(socket.SHUT_WR)
-    with contextlib.suppress(threading.BrokenBarrierError):
-        done.wait()
+        pump_both(SocketStream(conn), chan)
