@@ -14,24 +14,20 @@ from typing import Any
 
 from vmkit import errors
 
-__all__ = ["MAX_LINE", "BadRequest", "decode_answer", "encode_error", "parse_request"]
+__all__ = ["MAX_LINE", "decode_answer", "encode_error", "parse_request"]
 
 # A request is a few hundred bytes; a client that sends more is not vmkit.
 MAX_LINE = 1 << 20
 
 
-class BadRequest(errors.InvalidInput):
-    """A request the agent cannot read (not JSON, not an object, no ``op``)."""
-
-
 def parse_request(line: bytes) -> dict[str, Any]:
-    """The request in ``line``; ``BadRequest`` if it is not one."""
+    """The request in ``line``; ``InvalidInput`` if it is not one."""
     try:
         req = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadRequest(f"the agent got a request that is not JSON: {e}") from None
+        raise errors.InvalidInput(f"the agent got a request that is not JSON: {e}") from None
     if not isinstance(req, dict) or not isinstance(req.get("op"), str):
-        raise BadRequest('the agent got a request without an "op"')
+        raise errors.InvalidInput('the agent got a request without an "op"')
     return req
 
 

@@ -26,7 +26,7 @@ import attrs
 from vmkit import state
 from vmkit.agent import protocol
 from vmkit.agent.pump import SSHFSSession, Tunnel
-from vmkit.errors import NotSupported, VmkitError
+from vmkit.errors import InvalidInput, NotSupported, VmkitError
 from vmkit.guest.ssh import SSHSession
 from vmkit.home import InstanceFiles
 from vmkit.host.transport import Listener, Stream, listen
@@ -86,7 +86,7 @@ class Agent:
                 return self.remove_forward(_spec(ForwardSpec, req))
             if op == "list-forwards":
                 return [attrs.asdict(t.spec) for t in self.tunnels.values() if t.alive()]
-        raise protocol.BadRequest(f"unknown agent request {op!r}")
+        raise InvalidInput(f"unknown agent request {op!r}")
 
     def add_share(self, spec: ShareSpec) -> dict[str, Any]:
         old = self.shares.get(spec.target)
@@ -185,14 +185,14 @@ class Agent:
 
 
 def _spec(cls: Any, req: dict[str, Any]) -> Any:
-    """The ``spec`` argument of a request as ``cls``; ``BadRequest`` if it is not one."""
+    """The ``spec`` argument of a request as ``cls``; ``InvalidInput`` if it is not one."""
     spec = req.get("spec")
     if not isinstance(spec, dict):
-        raise protocol.BadRequest(f"request {req['op']!r} needs a spec")
+        raise InvalidInput(f"request {req['op']!r} needs a spec")
     try:
         return cls(**spec)
     except TypeError as e:
-        raise protocol.BadRequest(f"request {req['op']!r} has a bad spec: {e}") from None
+        raise InvalidInput(f"request {req['op']!r} has a bad spec: {e}") from None
 
 
 def _read_line(conn: Stream) -> bytes | None:
