@@ -195,3 +195,52 @@ def test_docker_py_gets_the_same(
         client.close()
     assert closed(port)
     vm.unshare(site)
+
+
+def test_guest_listeners_are_forwarded_automatically_when_on(vm: Any, vm_home: Path) -> None:
+    public, loopback = free_port(), free_port()
+    vmkit_cli("forward", "--auto", "on", "--vm", SESSION_VM, home=vm_home)
+    try:
+        vm.run(["sh", "-c", "mkdir -p /tmp/l && echo listener > /tmp/l/i.txt"])
+        for addr in (str(public), f"127.0.0.1:{loopback}"):
+            # busybox httpd puts itself in the background
+            vm.run(["busybox", "httpd", "-p", addr, "-h", "/tmp/l"])
+        assert fetch(public, "i.txt", timeout=5) == b"listener\n"
+        assert fetch(loopback, "i.txt", timeout=5) == b"listener\n"
+        made = {f.host_port: f for f in vm.forwards() if f.auto == "listener"}
+        assert made[public].mechanism == "hostfwd"
+        assert made[loopback].mechanism == "ssh-tunnel"  # the only way to the guest's loopback
+        vm.run(["pkill", "-f", f"[h]ttpd -p {public}"])
+        assert closed(public, timeout=5)
+        assert public not in {f.host_port for f in vm.forwards()}
+    finally:
+        vmkit_cli("forward", "--auto", "off", "--vm", SESSION_VM, home=vm_home)
+        vm.run(["pkill", "-f", "[h]ttpd -p"], check=False)
+    assert not [f for f in vm.forwards() if f.auto == "listener"]
+    assert closed(loopback, timeout=5)
+
+
+def test_a_restarted_vm_gives_restarting_containers_their_forwards_back(
+    vm: Any, docker_env: dict[str, str], tmp_path: Path
+) -> None:
+    port, gone = free_port(), free_port()
+    docker(
+        docker_env, "run", "-d", "--name", "always", "--restart", "always", "-p", f"{port}:80",
+        BUSYBOX_IMAGE, "httpd", "-f", "-p", "80", "-h", "/",
+    )  # fmt: skip
+    docker(
+        docker_env, "run", "-d", "--name", "once", "-p", f"{gone}:80",
+        BUSYBOX_IMAGE, "httpd", "-f", "-p", "80", "-h", "/",
+    )  # fmt: skip
+    try:
+        fetch(port, "")
+        vm.stop()
+        vm.start()
+        fetch(port, "", timeout=60)  # the container came back, and so did its forward
+        deadline = time.monotonic() + 30
+        while gone in {f.host_port for f in vm.forwards()} and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert gone not in {f.host_port for f in vm.forwards()}  # `once` did not come back
+    finally:
+        docker(docker_env, "rm", "-f", "always", "once", check=False)
+    assert closed(port)

@@ -71,7 +71,7 @@ class Address:
     def docker_host(self) -> str:
         """The ``DOCKER_HOST`` URL for this endpoint."""
         if self.pipe:
-            return "npipe:" + self.path.replace("\\", "/")
+            return "npipe://" + self.path.replace("\\", "/")
         return "unix://" + self.path
 
     def exists(self) -> bool:
@@ -98,7 +98,8 @@ def listen(address: Address) -> Listener:
         from vmkit.host import winpipe
 
         return winpipe.PipeListener(address.path)
-    return _UnixListener(address.path)
+    else:
+        return _UnixListener(address.path)
 
 
 def connect(address: Address, *, timeout: float = 10.0) -> Stream:
@@ -107,15 +108,16 @@ def connect(address: Address, *, timeout: float = 10.0) -> Stream:
         from vmkit.host import winpipe
 
         return winpipe.connect(address.path, timeout)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(address.path)
-    except OSError as e:
-        s.close()
-        raise ProviderError(f"nothing answers on {address.path}: {e.strerror or e}") from e
-    s.settimeout(None)
-    return SocketStream(s)
+    else:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(address.path)
+        except OSError as e:
+            s.close()
+            raise ProviderError(f"nothing answers on {address.path}: {e.strerror or e}") from e
+        s.settimeout(None)
+        return SocketStream(s)
 
 
 class SocketStream:
@@ -141,38 +143,40 @@ class SocketStream:
         self.sock.close()
 
 
-class _UnixListener:
-    def __init__(self, path: str) -> None:
-        if len(os.fsencode(path)) > _MAX_UNIX_PATH:
-            raise InvalidInput(
-                f"the socket path {path} is too long for a unix socket",
-                hint="set VMKIT_HOME to a shorter folder",
-            )
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)  # born 0600: no window in which another user could connect
-        try:
-            s.bind(path)
-        except OSError as e:
-            s.close()
-            raise ProviderError(f"cannot listen on {path}: {e.strerror or e}") from e
-        finally:
-            os.umask(old)
-        s.listen(64)
-        self.sock = s
-        self.path = path
+if sys.platform != "win32":
 
-    def accept(self, timeout: float) -> Stream | None:
-        self.sock.settimeout(timeout)
-        try:
-            conn, _ = self.sock.accept()
-        except TimeoutError:
-            return None
-        conn.settimeout(None)
-        return SocketStream(conn)
+    class _UnixListener:
+        def __init__(self, path: str) -> None:
+            if len(os.fsencode(path)) > _MAX_UNIX_PATH:
+                raise InvalidInput(
+                    f"the socket path {path} is too long for a unix socket",
+                    hint="set VMKIT_HOME to a shorter folder",
+                )
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old = os.umask(0o177)  # born 0600: no window in which another user could connect
+            try:
+                s.bind(path)
+            except OSError as e:
+                s.close()
+                raise ProviderError(f"cannot listen on {path}: {e.strerror or e}") from e
+            finally:
+                os.umask(old)
+            s.listen(64)
+            self.sock = s
+            self.path = path
 
-    def close(self) -> None:
-        self.sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        def accept(self, timeout: float) -> Stream | None:
+            self.sock.settimeout(timeout)
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                return None
+            conn.settimeout(None)
+            return SocketStream(conn)
+
+        def close(self) -> None:
+            self.sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
