@@ -106,7 +106,7 @@ class HostAgent:
 
     def _close(self) -> None:
         if self._listeners is not None:
-            self._listeners.stop()
+            self._listeners.stop(remove=False)
 
 
 def main() -> None:

@@ -686,6 +686,11 @@ class VM:
                 request(self.record.files, "auto-listeners", on=True)
             except VmkitError as e:
                 problems.append(f"automatic forwards of guest listeners: {e}")
+        else:  # left from before the VM stopped; the watcher, when on, drops them itself
+            for f in self.record.forwards:
+                if f.auto == "listener":
+                    with contextlib.suppress(VmkitError):
+                        self.unforward(f.host_port, proto=f.proto)
         if any(f.auto == "container" for f in self.record.forwards):
             try:
                 request(self.record.files, "docker-endpoint")

@@ -36,6 +36,8 @@ class VM(Protocol):
 
     def forwards(self) -> list[ForwardSpec]: ...
 
+    def active_forwards(self) -> list[ForwardSpec]: ...
+
     def forward(
         self,
         host_port: int,
@@ -74,16 +76,21 @@ class ListenerWatcher:
         self.log = log
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.forwarded: dict[int, bool] = {}
+        self._first = True
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, *, remove: bool = True) -> None:
+        """Stop watching; with ``remove``, also remove the forwards it made. The agent's own
+        shutdown (the VM stops, holding its lock) leaves them: they die with the VM, and the
+        record's entries are dropped at the next start (``VM.start``)."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
+        if not remove:
+            return
         with contextlib.suppress(VmkitError):
             vm = self.vm()
             for f in vm.forwards():
@@ -107,6 +114,15 @@ class ListenerWatcher:
         listening = parse_proc_net_tcp(res.stdout)
         listening.pop(22, None)
         mine = {f.host_port: f for f in vm.forwards() if f.auto == "listener"}
+        if self._first:
+            # Entries from before a VM restart are in the record but not in the VM.
+            active = {f.key for f in vm.active_forwards()}
+            for port, f in list(mine.items()):
+                if f.key not in active:
+                    with contextlib.suppress(ForwardNotFound):
+                        vm.unforward(port, proto=f.proto)
+                    del mine[port]
+            self._first = False
         taken = {f.guest_port for f in vm.forwards() if f.auto != "listener"}
         for port, f in mine.items():
             if port not in listening or port in taken:

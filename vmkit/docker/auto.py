@@ -179,12 +179,19 @@ class DockerAuto:
         name = str(info.get("Name", "")).lstrip("/")
         with self._lock:
             vm = self.vm()
+            active: set[tuple[str, int]] | None = None
             for port, proto, ip in published(info):
                 have = next((f for f in vm.forwards() if f.key == (proto, port)), None)
                 if have is not None:
-                    if not have.auto or (have.auto, have.owner) == ("container", name):
-                        continue  # the user's own forward wins; ours is in place
-                    # Left by a container gone, or made by the listener watcher first.
+                    if not have.auto:
+                        continue  # the user's own forward wins
+                    if (have.auto, have.owner) == ("container", name):
+                        if active is None:
+                            active = {f.key for f in vm.active_forwards()}
+                        if have.key in active:
+                            continue  # ours, in place
+                        # Ours in the record, gone from the VM (it restarted): made again.
+                    # Else left by a container gone, or made by the listener watcher first.
                     with contextlib.suppress(ForwardNotFound):
                         vm.unforward(port, proto=proto)
                 public = self._host_ip(vm, ip) == "0.0.0.0"
