@@ -74,6 +74,16 @@ def closed(port: int, timeout: float = 10) -> bool:
     return False
 
 
+def gone_from_record(vm: Any, port: int, timeout: float) -> bool:
+    """Whether the forward of host ``port`` leaves the VM's record within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while port in {f.host_port for f in vm.forwards()}:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def table(vm_home: Path, what: str) -> str:
     return vmkit_cli(what, "--vm", SESSION_VM, home=vm_home).stdout
 
@@ -100,8 +110,8 @@ def test_docker_cli_run_shares_the_bind_source_and_forwards_the_port(
         assert "auto (container autoweb)" in table(vm_home, "forwards")
     finally:
         docker(docker_env, "rm", "-f", cid)
+    assert gone_from_record(vm, port, timeout=5)
     assert closed(port)
-    assert str(port) not in table(vm_home, "forwards")
     assert str(site) in table(vm_home, "shares")  # the share stays, listed as automatic
     vm.unshare(site)
 
@@ -161,6 +171,7 @@ def test_docker_compose_up_serves_the_host_file_and_down_removes_the_forward(
         assert fetch(port, "index.html") == b"compose\n"
     finally:
         run("down")
+    assert gone_from_record(vm, port, timeout=5)
     assert closed(port)
     shares = table(vm_home, "shares")
     assert str(project / "site") in shares and "auto (container" in shares
@@ -193,6 +204,7 @@ def test_docker_py_gets_the_same(
     finally:
         c.remove(force=True)
         client.close()
+    assert gone_from_record(vm, port, timeout=5)
     assert closed(port)
     vm.unshare(site)
 
@@ -211,8 +223,8 @@ def test_guest_listeners_are_forwarded_automatically_when_on(vm: Any, vm_home: P
         assert made[public].mechanism == "hostfwd"
         assert made[loopback].mechanism == "ssh-tunnel"  # the only way to the guest's loopback
         vm.run(["pkill", "-f", f"[h]ttpd -p {public}"])
+        assert gone_from_record(vm, public, timeout=5)
         assert closed(public, timeout=5)
-        assert public not in {f.host_port for f in vm.forwards()}
     finally:
         vmkit_cli("forward", "--auto", "off", "--vm", SESSION_VM, home=vm_home)
         vm.run(["pkill", "-f", "[h]ttpd -p"], check=False)
@@ -237,10 +249,7 @@ def test_a_restarted_vm_gives_restarting_containers_their_forwards_back(
         vm.stop()
         vm.start()
         fetch(port, "", timeout=60)  # the container came back, and so did its forward
-        deadline = time.monotonic() + 30
-        while gone in {f.host_port for f in vm.forwards()} and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert gone not in {f.host_port for f in vm.forwards()}  # `once` did not come back
+        assert gone_from_record(vm, gone, timeout=30)  # `once` did not come back
     finally:
         docker(docker_env, "rm", "-f", "always", "once", check=False)
-    assert closed(port)
+    assert gone_from_record(vm, port, timeout=10)
