@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,3 +125,104 @@ def test_proc_net_tcp_listeners() -> None:
         "   1: 00000000000000000000000001000000:2328 00000000000000000000000000000000:0000 0A x\n"
     )
     assert parse_proc_net_tcp(text) == {22: False, 9000: True, 8080: False}
+
+
+class FakeVM:
+    """The few VM calls DockerAuto makes, on lists."""
+
+    def __init__(self) -> None:
+        from vmkit.state import ForwardSpec
+
+        self.spec = ForwardSpec
+        self.fwd: list[Any] = []
+        self.lost: set[int] = set()  # in the record, not in the VM (after a restart)
+        self.record = type("R", (), {"extra": {}})()
+
+    def forwards(self) -> list[Any]:
+        return list(self.fwd)
+
+    def active_forwards(self) -> list[Any]:
+        return [f for f in self.fwd if f.host_port not in self.lost]
+
+    def forward(self, host: int, guest: int, **kw: Any) -> Any:
+        f = self.spec(host, guest, proto=kw["proto"], auto=kw["auto"], owner=kw["owner"])
+        self.fwd.append(f)
+        self.lost.discard(host)
+        return f
+
+    def unforward(self, host: int, *, proto: str = "tcp") -> Any:
+        (f,) = [f for f in self.fwd if f.key == (proto, host)]
+        self.fwd.remove(f)
+        return f
+
+
+class FakeAPI:
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.info = info
+        self.killed: list[str] = []
+
+    def inspect_container(self, cid: str) -> dict[str, Any]:
+        return self.info
+
+    def kill(self, cid: str) -> None:
+        self.killed.append(cid)
+
+
+def _container(port: int, running: bool = True) -> dict[str, Any]:
+    ports = {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]}
+    return {
+        "Name": "/web",
+        "State": {"Running": running},
+        "NetworkSettings": {"Ports": ports},
+        "HostConfig": {"PortBindings": ports},
+    }
+
+
+def test_container_forwards_never_override_the_users_and_come_back_after_a_restart() -> None:
+    from vmkit.docker.auto import DockerAuto
+
+    vm, api = FakeVM(), FakeAPI(_container(18080))
+    auto = DockerAuto(lambda: vm, lambda: api)  # type: ignore[arg-type, return-value]
+    auto.forward_container("c1")
+    assert [(f.host_port, f.auto, f.owner) for f in vm.fwd] == [(18080, "container", "web")]
+    auto.forward_container("c1")  # the start event after the start call: nothing new
+    assert len(vm.fwd) == 1
+    vm.lost.add(18080)  # the VM restarted
+    auto.forward_container("c1")
+    assert vm.active_forwards() == vm.fwd
+    auto.unforward_container("web")
+    assert vm.fwd == []
+    user = vm.forward(18080, 18080, proto="tcp", auto="", owner="")
+    auto.forward_container("c1")
+    auto.unforward_container("web")
+    assert vm.fwd == [user]  # the user's forward stays the user's
+    api.info = _container(18081, running=False)  # died at once: nothing to forward
+    auto.forward_container("c2")
+    assert vm.fwd == [user]
+
+
+def test_a_taken_host_port_refuses_the_start_and_a_failed_forward_kills_it() -> None:
+    import socket
+
+    from vmkit.docker.auto import DockerAuto
+    from vmkit.docker.proxy import ApiRequest
+    from vmkit.errors import PortInUse
+
+    vm = FakeVM()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        api = FakeAPI(_container(taken))
+        auto = DockerAuto(lambda: vm, lambda: api)  # type: ignore[arg-type, return-value]
+        start = ApiRequest("POST", "/containers/c1/start", {}, b"")
+        with pytest.raises(PortInUse, match=f"Bind for 127.0.0.1:{taken} failed: host port"):
+            auto.before(start)
+
+    def broken(*a: Any, **kw: Any) -> Any:
+        raise PortInUse("host port taken meanwhile")
+
+    vm.forward = broken  # type: ignore[method-assign]
+    with pytest.raises(PortInUse):
+        auto.after(start, 204, b"")
+    assert api.killed == ["c1"]
