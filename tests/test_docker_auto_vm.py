@@ -55,10 +55,23 @@ def fetch(port: int, path: str, timeout: float = 10) -> bytes:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/{path}", timeout=5) as r:
                 return bytes(r.read())
+        except urllib.error.HTTPError:
+            raise  # the server answered
         except (urllib.error.URLError, ConnectionError, OSError):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def answers(port: int, timeout: float) -> bool:
+    """Whether an HTTP server answers on 127.0.0.1:port (any status) within ``timeout`` s."""
+    try:
+        fetch(port, "", timeout=timeout)
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def closed(port: int, timeout: float = 10) -> bool:
@@ -245,10 +258,10 @@ def test_a_restarted_vm_gives_restarting_containers_their_forwards_back(
         BUSYBOX_IMAGE, "httpd", "-f", "-p", "80", "-h", "/",
     )  # fmt: skip
     try:
-        fetch(port, "")
+        assert answers(port, timeout=10)
         vm.stop()
         vm.start()
-        fetch(port, "", timeout=60)  # the container came back, and so did its forward
+        assert answers(port, timeout=60)  # the container came back, and so did its forward
         assert gone_from_record(vm, gone, timeout=30)  # `once` did not come back
     finally:
         docker(docker_env, "rm", "-f", "always", "once", check=False)
