@@ -272,9 +272,14 @@ class VM:
             return True
 
         def dockerd() -> bool:
-            return self.run(
-                ["docker", "info", "--format", "{{.ServerVersion}}"], check=False, timeout=30
-            ).ok
+            try:
+                return self.run(
+                    ["docker", "info", "--format", "{{.ServerVersion}}"], check=False, timeout=30
+                ).ok
+            except SSHError:
+                # A dockerd still starting (restarting containers, under TCG) can keep `docker
+                # info` past 30 s: not ready yet; the probe's own deadline and hint still apply.
+                return False
 
         def stuck(waiting_for: str) -> Callable[[float], VmkitError]:
             return lambda seconds: BootTimeout(
