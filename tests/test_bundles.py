@@ -20,6 +20,7 @@ from tests.imagetar import imagetar as _imagetar
 from vmkit import bundles
 from vmkit.boxes import store
 from vmkit.bundles import manifest
+from vmkit.docker import client as docker_client_module
 from vmkit.errors import ArchMismatch, FileDamaged, FormatTooNew, InvalidInput, NotEnoughSpace
 
 
@@ -293,6 +294,12 @@ class _FakeVM:
     def run(self, argv: list[str]) -> object:
         out = f"Filesystem 1024-blocks Used Available Capacity Mounted\n/dev/vda 1 1 {self.free_kib} 1% /\n"
         return type("Res", (), {"stdout": out})()
+
+
+@pytest.fixture(autouse=True)
+def _fake_dockerd(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Loads talk to dockerd over the VM's SSH channels (docker_client), not vm.docker().
+    monkeypatch.setattr(docker_client_module, "docker_client", lambda vm, **_: vm.docker())
 
 
 def test_load_sends_absent_images_and_retags_present_ones(made: bundles.Bundle) -> None:

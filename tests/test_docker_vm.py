@@ -56,11 +56,13 @@ def vmkit_cli(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
 
 
 def test_docker_py_lists_containers_over_the_kept_connection(vm: api.VM, small_image: str) -> None:
-    client = vm.docker()
+    client = vm.docker()  # through the agent's Docker endpoint
     c = client.containers.run(small_image, ["sleep", "60"], detach=True, name="listed")
     try:
         names = [x.name for x in client.containers.list()]
         assert "listed" in names
+        direct = dockerhost.docker_client(vm)  # straight over channels (image loads)
+        assert "listed" in [x.name for x in direct.containers.list()]
         assert dockerhost._dialer_for(vm).streamlocal is True
         assert vm.ssh() is vm.ssh()  # one SSH connection carries every call
     finally:

@@ -16,8 +16,16 @@ from typing import Any
 
 import pytest
 
+from vmkit.docker import client as docker_client_module
 from vmkit.docker import images
 from vmkit.errors import FileDamaged, InvalidInput
+
+
+@pytest.fixture(autouse=True)
+def _fake_dockerd(monkeypatch: pytest.MonkeyPatch) -> None:
+    # images.load talks to dockerd over the VM's SSH channels (docker_client); the fake VM's
+    # client stands in for it.
+    monkeypatch.setattr(docker_client_module, "docker_client", lambda vm, **_: vm.client)
 
 
 def image_tar(path: Path, payload: bytes = b"x" * 5000, name: str = "demo:1") -> bytes:
@@ -179,7 +187,8 @@ def test_memory_stays_flat_for_a_big_stream(tmp_path: Path) -> None:
 import io, resource, tarfile, json, os, gzip, sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from test_images import FakeVM
-from vmkit.docker import images
+from vmkit.docker import client, images
+client.docker_client = lambda vm, **_: vm.client
 src = {str(tmp_path / "big.tar.gz")!r}
 # Write the archive streaming: 600 MB of zeros compresses to ~600 KB.
 with gzip.open(src, "wb", compresslevel=1) as g, tarfile.open(fileobj=g, mode="w|") as t:

@@ -132,6 +132,7 @@ _GUEST_PROC = {
     "mechanisms/base.py",
     "providers/virtualbox/vboxsf.py",
     "testing/fake_ssh.py",
+    "agent/listeners.py",  # the guest's /proc/net/tcp, read over SSH
     "sharepolicy.py",  # guest folders a share may not be mounted on
     "boxes/store.py",  # a hint text: how to mount binfmt_misc on a Linux build host
 }

@@ -98,7 +98,7 @@ def test_instance_files_are_distinct_and_documented(vmkit_home: Path) -> None:
     assert all(p.parent == files.dir for a, p in named.items() if a != "lock")
     # vm.py ends helpers by globbing *.pid in the folder; qemu.pid is the VM itself.
     assert {p.name for p in paths if p.suffix == ".pid"} == {
-        "qemu.pid", "agent.pid", "docker-sock.pid", "virtiofs-TAG.pid",
+        "qemu.pid", "agent.pid", "virtiofs-TAG.pid",
     }  # fmt: skip
     doc = (Path(__file__).resolve().parent.parent / "docs" / "architecture.md").read_text()
     folder_section = doc.split("## A VM folder", 1)[1].split("\n## ", 1)[0]

@@ -10,6 +10,7 @@ import attrs
 import platformdirs
 
 from vmkit.errors import InvalidName
+from vmkit.host.transport import Address, address_for
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,38}$")
 
@@ -127,16 +128,16 @@ class InstanceFiles:
 
     @property
     def docker_sock(self) -> Path:
-        """The host socket serving the guest's dockerd (``DOCKER_HOST``)."""
+        """The Docker endpoint (``DOCKER_HOST``), served by the agent; a pipe on Windows."""
         return self.dir / "docker.sock"
 
-    @property
-    def docker_sock_pid(self) -> Path:
-        return self.dir / "docker-sock.pid"
+    def agent_endpoint(self) -> Address:
+        """Where the agent listens: ``agent.sock``, or pipe ``vmkit-NAME-agent`` on Windows."""
+        return address_for(self.agent_sock, f"vmkit-{self.name}-agent")
 
-    @property
-    def docker_sock_log(self) -> Path:
-        return self.dir / "docker-sock.log"
+    def docker_endpoint(self) -> Address:
+        """Where the agent serves Docker: ``docker.sock``, or pipe ``vmkit-NAME-docker``."""
+        return address_for(self.docker_sock, f"vmkit-{self.name}-docker")
 
     def virtiofs_sock(self, tag: str) -> Path:
         return self.dir / f"virtiofs-{tag}.sock"

@@ -34,6 +34,13 @@ class ShareSpec:
     readonly: bool = False
     mechanism: str = ""  # chosen when applied; empty means "pick the best"
     tag: str = ""  # mechanism-specific handle (virtio-fs tag, VirtualBox share name)
+    # Made by vmkit on its own: "" (the user made it), "container" (a Docker bind mount).
+    auto: str = ""
+    owner: str = ""  # for an automatic entry: the container it was made for
+
+    def describe_origin(self) -> str:
+        """``user``, or ``auto (container web)``."""
+        return _origin(self.auto, self.owner)
 
 
 @attrs.frozen
@@ -45,10 +52,24 @@ class ForwardSpec:
     proto: str = "tcp"
     host_ip: str = "127.0.0.1"
     mechanism: str = ""
+    # Made by vmkit on its own: "" (the user made it), "container" (a port a container
+    # publishes), "listener" (a server listening in the guest, with `vmkit forward --auto on`).
+    auto: str = ""
+    owner: str = ""  # the container's name, or the listener's port
+
+    def describe_origin(self) -> str:
+        """``user``, or ``auto (container web)``."""
+        return _origin(self.auto, self.owner)
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.proto, self.host_port)
+
+
+def _origin(auto: str, owner: str) -> str:
+    if not auto:
+        return "user"
+    return f"auto ({auto} {owner})" if owner else f"auto ({auto})"
 
 
 @attrs.frozen

@@ -172,7 +172,8 @@ class VM:
                 if booted:
                     self._abort_boot()
                 raise
-        return self.reapply(progress=progress)
+        problems = self.reapply(progress=progress)
+        return problems + self._resume_automatic()
 
     def _boot(self, progress: Progress) -> bool:
         """Start the VM unless it runs; True if this call started it."""
@@ -273,9 +274,14 @@ class VM:
             return True
 
         def dockerd() -> bool:
-            return self.run(
-                ["docker", "info", "--format", "{{.ServerVersion}}"], check=False, timeout=30
-            ).ok
+            try:
+                return self.run(
+                    ["docker", "info", "--format", "{{.ServerVersion}}"], check=False, timeout=30
+                ).ok
+            except SSHError:
+                # A dockerd still starting (restarting containers, under TCG) can keep `docker
+                # info` past 30 s: not ready yet; the probe's own deadline and hint still apply.
+                return False
 
         def stuck(waiting_for: str) -> Callable[[float], VmkitError]:
             return lambda seconds: BootTimeout(
@@ -377,6 +383,10 @@ class VM:
             self._ssh = SSHSession(ep)
         return self._ssh
 
+    def use_ssh(self, session: SSHSession) -> None:
+        """Carry this VM's guest access on ``session`` (the agent's one kept connection)."""
+        self._ssh = session
+
     def _close_ssh(self) -> None:
         if self._ssh is not None:
             self._ssh.close()
@@ -426,11 +436,12 @@ class VM:
         return cmd
 
     def docker(self) -> docker.DockerClient:
-        """A docker-py client talking to the VM's dockerd over the kept SSH connection."""
-        from vmkit.docker.client import docker_client
+        """A docker-py client for the VM's Docker endpoint (the agent's Docker API proxy):
+        bind-mounted host folders are shared and published ports forwarded, as for the
+        docker CLI after ``vmkit env``."""
+        from vmkit.docker.client import endpoint_client
 
-        self.require_running()
-        return docker_client(self)
+        return endpoint_client(self)
 
     # -- shares ---------------------------------------------------------------------------
 
@@ -443,6 +454,8 @@ class VM:
         force: bool = False,
         mechanism: str | None = None,
         progress: Progress = no_progress,
+        auto: str = "",
+        owner: str = "",
     ) -> ShareSpec:
         """Share host folder ``path`` into the running VM, at the same path unless ``target``.
 
@@ -451,6 +464,8 @@ class VM:
         or the home folder (unless ``force``), and a guest target that is, or resolves in the
         guest to, a system folder or the login user's home (unless ``force``; ``/`` never).
         A symlinked ``path`` is resolved, and ``progress`` says so.
+        ``auto``/``owner`` mark a share vmkit makes on its own (``"container"``, the container's
+        name); sharing such a folder again makes it the user's.
         """
         host = sharepolicy.host_source(path, force=force)
         source = host.path
@@ -464,7 +479,7 @@ class VM:
             for s in self.record.shares:
                 if s.source == str(source):
                     if s.target == dest:
-                        return s
+                        return self._claim_share(s) if s.auto and not auto else s
                     raise ShareExists(
                         f"{source} is already shared at {s.target}", hint="unshare it first"
                     )
@@ -477,7 +492,9 @@ class VM:
             if self.is_running():
                 resolved, home = self._guest_target(dest)
                 sharepolicy.check_target(dest, resolved=resolved, home=home, force=force)
-            spec = ShareSpec(source=str(source), target=dest, readonly=readonly)
+            spec = ShareSpec(
+                source=str(source), target=dest, readonly=readonly, auto=auto, owner=owner
+            )
             mech = self._pick(self._share_mechs(), mechanism, "share", progress)
             sharepolicy.check_readonly(mech.name, readonly)
             planned = mech.planned(spec)
@@ -504,6 +521,13 @@ class VM:
         if not r.ok or len(lines) != 2:
             return None, None
         return lines[0] or None, lines[1] or None
+
+    def _claim_share(self, spec: ShareSpec) -> ShareSpec:
+        """The user asked for a share vmkit had made on its own: from now on it is theirs."""
+        mine = attrs.evolve(spec, auto="", owner="")
+        self.record.shares = [mine if s is spec else s for s in self.record.shares]
+        state.save(self.record)
+        return mine
 
     def unshare(self, path: str | os.PathLike[str]) -> ShareSpec:
         """Remove the share of host folder ``path`` (or of guest path ``path``)."""
@@ -559,17 +583,28 @@ class VM:
         proto: str = "tcp",
         public: bool = False,
         mechanism: str | None = None,
+        auto: str = "",
+        owner: str = "",
     ) -> ForwardSpec:
         """Forward ``host_port`` on 127.0.0.1 (all interfaces with ``public``) to ``guest_port``.
 
-        Idempotent for an identical forward; a host port used otherwise is ``ForwardExists``.
+        Idempotent for an identical forward (one vmkit made on its own becomes the user's); a
+        host port used otherwise is ``ForwardExists``. ``auto``/``owner`` mark a forward
+        vmkit makes on its own (``"container"``/``"listener"``, and for what).
         """
         if proto not in ("tcp", "udp"):
             raise InvalidInput(f"protocol {proto!r} is not tcp or udp")
         check_port_number(host_port, "host port")
         gport = check_port_number(guest_port if guest_port is not None else host_port, "guest port")
         host_ip = "0.0.0.0" if public else "127.0.0.1"
-        spec = ForwardSpec(host_port=host_port, guest_port=gport, proto=proto, host_ip=host_ip)
+        spec = ForwardSpec(
+            host_port=host_port,
+            guest_port=gport,
+            proto=proto,
+            host_ip=host_ip,
+            auto=auto,
+            owner=owner,
+        )
         if host_port < 1024 and signals.low_ports_need_root() and not signals.is_root():
             raise InvalidInput(
                 f"host port {host_port} is privileged (below 1024)",
@@ -581,6 +616,13 @@ class VM:
             for f in self.record.forwards:
                 if f.key == spec.key:
                     if (f.guest_port, f.host_ip) == (gport, host_ip):
+                        if f.auto and not auto:
+                            mine = attrs.evolve(f, auto="", owner="")
+                            self.record.forwards = [
+                                mine if x is f else x for x in self.record.forwards
+                            ]
+                            state.save(self.record)
+                            return mine
                         return f
                     raise ForwardExists(
                         f"host port {host_port}/{proto} already forwards to guest port {f.guest_port}",
@@ -635,6 +677,55 @@ class VM:
         if not self.is_running():
             return []
         return [f for m in self._forward_mechs() for f in m.active()]
+
+    def auto_forward_settings(self) -> dict[str, bool]:
+        """``listeners``: guest listeners are forwarded automatically (``vmkit forward --auto``);
+        ``public``: containers' ports published on 0.0.0.0 listen on all host interfaces."""
+        extra = self.reload().extra
+        return {
+            "listeners": bool(extra.get("auto_listeners", False)),
+            "public": bool(extra.get("public_forwards", False)),
+        }
+
+    def set_auto_forward(
+        self, *, listeners: bool | None = None, public: bool | None = None
+    ) -> dict[str, bool]:
+        """Change the automatic-forward settings (kept in the record); the agent follows them."""
+        with state.locked(self.name):
+            self.reload()
+            if listeners is not None:
+                self.record.extra["auto_listeners"] = listeners
+            if public is not None:
+                self.record.extra["public_forwards"] = public
+            state.save(self.record)
+        if listeners is not None and self.is_running():
+            from vmkit.agent.client import request
+
+            # Outside the lock: the agent adds and removes forwards, each taking it.
+            request(self.record.files, "auto-listeners", start=listeners, on=listeners)
+        return self.auto_forward_settings()
+
+    def _resume_automatic(self) -> list[str]:
+        """After a boot: the agent watches guest listeners and containers again, if wanted."""
+        from vmkit.agent.client import request
+
+        problems = []
+        if self.record.extra.get("auto_listeners"):
+            try:
+                request(self.record.files, "auto-listeners", on=True)
+            except VmkitError as e:
+                problems.append(f"automatic forwards of guest listeners: {e}")
+        else:  # left from before the VM stopped; the watcher, when on, drops them itself
+            for f in self.record.forwards:
+                if f.auto == "listener":
+                    with contextlib.suppress(VmkitError):
+                        self.unforward(f.host_port, proto=f.proto)
+        if any(f.auto == "container" for f in self.record.forwards):
+            try:
+                request(self.record.files, "docker-endpoint")
+            except VmkitError as e:
+                problems.append(f"containers' forwards: {e}")
+        return problems
 
     # -- mechanisms -----------------------------------------------------------------------
 
@@ -797,6 +888,11 @@ class VM:
                 new_shares.append(s)
         new_forwards = []
         for f in self.record.forwards:
+            if f.auto:
+                # Automatic forwards follow their container or listener: the agent's watcher
+                # puts back those whose container came back (restart policies) and drops the rest.
+                new_forwards.append(f)
+                continue
             if f.key in active_f:
                 new_forwards.append(f)
                 continue

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -15,9 +16,9 @@ from collections.abc import Callable
 import attrs
 import paramiko
 
-from vmkit.agent import sftpjail
 from vmkit.errors import NotSupported, PortInUse, ProviderError, SSHError, VmkitError
 from vmkit.guest.ssh import SSHSession
+from vmkit.host.transport import SocketStream, Stream
 from vmkit.mechanisms.base import guest_mountpoints, prepare_mountpoint, unmount
 from vmkit.state import ForwardSpec, ShareSpec
 
@@ -43,6 +44,13 @@ class SSHFSSession:
         if self.spec.readonly:
             opts += ["-o", "ro"]
         argv = ["sudo", "-n", "sshfs", "-f", *opts, ":" + self.spec.source, self.spec.target]
+        if sys.platform == "win32":
+            raise NotSupported(
+                "sshfs shares need a Linux or macOS host (the confined SFTP server is POSIX-only)",
+                hint="on Windows use VirtualBox's shared folders (vboxsf)",
+            )
+        from vmkit.agent import sftpjail
+
         # The channel's stdin/stdout carry SFTP; sshfs's stderr stays on the channel.
         self._chan = chan = self.ssh.open_channel(argv)
         self._server = sftpjail.serve(chan, self.spec.source, readonly=self.spec.readonly)
@@ -72,6 +80,54 @@ class SSHFSSession:
             self._chan.close()
         if self._server is not None:
             self._server.join(5)
+
+
+def pump(
+    recv: Callable[[int], bytes], send: Callable[[bytes], None], eof: Callable[[], None]
+) -> None:
+    """Copy one direction of a connection until its end, then pass the EOF on with ``eof``.
+
+    The one byte pump of the agent: sshfs sessions, SSH tunnels and the Docker endpoint all
+    carry each direction with it. Errors of either side end the copy as an EOF would.
+    """
+    with contextlib.suppress(OSError, EOFError, ValueError, paramiko.SSHException):
+        while True:
+            data = recv(65536)
+            if not data:
+                break
+            send(data)
+    with contextlib.suppress(OSError, EOFError, ValueError, paramiko.SSHException):
+        eof()
+
+
+def pump_both(
+    a: Stream | paramiko.Channel,
+    b: Stream | paramiko.Channel,
+    first: bytes = b"",
+    back: bytes = b"",
+) -> None:
+    """Carry ``a`` ↔ ``b`` until both directions ended, then close both.
+
+    ``first`` is sent to ``b`` and ``back`` to ``a`` before anything else (bytes a parser read
+    ahead). Returns when both sides have finished.
+    """
+
+    def a_to_b() -> None:
+        if first:
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                b.sendall(first)
+        pump(a.recv, b.sendall, b.shutdown_write)
+
+    t = threading.Thread(target=a_to_b, daemon=True)
+    t.start()
+    if back:
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            a.sendall(back)
+    pump(b.recv, a.sendall, a.shutdown_write)
+    t.join()
+    for s in (a, b):
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            s.close()
 
 
 class Tunnel:
@@ -140,36 +196,4 @@ class Tunnel:
             conn.close()
             return
 
-        def close_both() -> None:
-            conn.close()
-            chan.close()
-
-        done = threading.Barrier(2, action=close_both)
-        threading.Thread(target=_sock_to_chan, args=(conn, chan, done), daemon=True).start()
-        _chan_to_sock(chan, conn, done)
-
-
-def _sock_to_chan(conn: socket.socket, chan: paramiko.Channel, done: threading.Barrier) -> None:
-    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-        while True:
-            data = conn.recv(65536)
-            if not data:
-                break
-            chan.sendall(data)
-    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-        chan.shutdown_write()
-    with contextlib.suppress(threading.BrokenBarrierError):
-        done.wait()
-
-
-def _chan_to_sock(chan: paramiko.Channel, conn: socket.socket, done: threading.Barrier) -> None:
-    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-        while True:
-            data = chan.recv(65536)
-            if not data:
-                break
-            conn.sendall(data)
-    with contextlib.suppress(OSError):
-        conn.shutdown(socket.SHUT_WR)
-    with contextlib.suppress(threading.BrokenBarrierError):
-        done.wait()
+        pump_both(SocketStream(conn), chan)

@@ -81,13 +81,14 @@ def shares(vm_name: str | None) -> None:
     """The VM's shared folders: desired, and whether each is really mounted."""
     vm = api.resolve(vm_name)
     active = {(s.source, s.target) for s in vm.active_shares()}
-    table = Table("HOST PATH", "GUEST PATH", "MECHANISM", "MODE", "ACTIVE")
+    table = Table("HOST PATH", "GUEST PATH", "MECHANISM", "MODE", "MADE BY", "ACTIVE")
     for s in vm.shares():
         table.add_row(
             s.source,
             s.target,
             s.mechanism,
             "ro" if s.readonly else "rw",
+            s.describe_origin(),
             "yes" if (s.source, s.target) in active else "[red]no[/]",
         )
     console.print(table)
@@ -115,9 +116,23 @@ def _parse_ports(spec: str) -> tuple[int, int]:
         raise InvalidInput(f"{spec!r} is not PORT or HOST_PORT:GUEST_PORT") from None
 
 
+_ON_OFF = click.Choice(["on", "off"])
+
+
 @click.command()
-@click.argument("ports", metavar="HOST_PORT[:GUEST_PORT]")
+@click.argument("ports", metavar="HOST_PORT[:GUEST_PORT]", required=False)
 @_VM
+@click.option(
+    "--auto",
+    type=_ON_OFF,
+    help="Forward every server listening in the guest automatically (on), or stop (off).",
+)
+@click.option(
+    "--auto-public",
+    type=_ON_OFF,
+    help="Containers' ports published on 0.0.0.0 listen on all host interfaces (on), "
+    "or on 127.0.0.1 only (off, the default).",
+)
 @click.option("--udp", is_flag=True, help="Forward UDP instead of TCP.")
 @click.option("--public", is_flag=True, help="Listen on all interfaces, not just 127.0.0.1.")
 @click.option(
@@ -126,11 +141,34 @@ def _parse_ports(spec: str) -> tuple[int, int]:
     help="Override the automatic choice.",
 )
 def forward(
-    ports: str, vm_name: str | None, udp: bool, public: bool, mechanism: str | None
+    ports: str | None,
+    vm_name: str | None,
+    auto: str | None,
+    auto_public: str | None,
+    udp: bool,
+    public: bool,
+    mechanism: str | None,
 ) -> None:
-    """Forward a host port to a port in the running VM."""
-    host_port, guest_port = _parse_ports(ports)
+    """Forward a host port to a port in the running VM, or set automatic forwarding:
+    vmkit forward 8888 | vmkit forward --auto on"""
+    if ports is None and auto is None and auto_public is None:
+        raise click.UsageError("give HOST_PORT[:GUEST_PORT], --auto on|off or --auto-public on|off")
     vm = api.resolve(vm_name)
+    if auto is not None or auto_public is not None:
+        if ports is not None:
+            raise click.UsageError("--auto and --auto-public take no port")
+        settings = vm.set_auto_forward(
+            listeners=None if auto is None else auto == "on",
+            public=None if auto_public is None else auto_public == "on",
+        )
+        console.print(
+            f"[green]✓[/] guest listeners forwarded automatically: "
+            f"{'on' if settings['listeners'] else 'off'}; containers' ports on all interfaces: "
+            f"{'on' if settings['public'] else 'off'}{_when(vm)}"
+        )
+        return
+    assert ports is not None
+    host_port, guest_port = _parse_ports(ports)
     if public:
         err_console.print(
             f"warning: port {host_port} will be reachable from other machines on your network",
@@ -191,16 +229,23 @@ def forwards(vm_name: str | None) -> None:
         _virtualbox_forwards(vm)
         return
     active = {f.key for f in vm.active_forwards()}
-    table = Table("HOST", "GUEST PORT", "PROTO", "MECHANISM", "ACTIVE")
+    table = Table("HOST", "GUEST PORT", "PROTO", "MECHANISM", "MADE BY", "ACTIVE")
     for f in vm.forwards():
         table.add_row(
             f"{f.host_ip}:{f.host_port}",
             str(f.guest_port),
             f.proto,
             f.mechanism,
+            f.describe_origin(),
             "yes" if f.key in active else "[red]no[/]",
         )
     console.print(table)
+    settings = vm.auto_forward_settings()
+    console.print(
+        f"guest listeners forwarded automatically: {'on' if settings['listeners'] else 'off'}; "
+        f"containers' ports on all interfaces: {'on' if settings['public'] else 'off'}",
+        markup=False,
+    )
     _orphans(vm, shares=False)
 
 

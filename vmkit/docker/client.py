@@ -8,11 +8,12 @@ nothing read from or written to ``~/.ssh``):
   guest's sshd allows it (a channel open costs one round trip), else ``docker system
   dial-stdio`` run in the guest (what the docker CLI does over ``ssh://``; it starts a guest
   process per connection). HTTP keep-alive reuses channels, so most calls open nothing.
-* :func:`ensure_socket` starts a small helper process (``python -m vmkit.docker.client serve``)
-  that listens on ``docker.sock`` in the VM's folder and carries each connection the same way.
-  The host's docker CLI, ``vmkit env`` and docker contexts point ``DOCKER_HOST`` at it: the
-  docker CLI's own ``ssh://`` transport starts an ``ssh`` process per connection and cannot be
-  told which key and known_hosts to use without touching ``~/.ssh``.
+* :func:`ensure_socket` asks the VM's agent for its Docker endpoint (``docker.sock`` in the
+  VM's folder, a named pipe on Windows): a Docker API proxy that carries each connection the
+  same way and shares bind mounts and forwards published ports on the fly. The host's docker
+  CLI, ``vmkit env`` and docker contexts point ``DOCKER_HOST`` at it: the docker CLI's own
+  ``ssh://`` transport starts an ``ssh`` process per connection and cannot be told which key
+  and known_hosts to use without touching ``~/.ssh``.
 """
 
 from __future__ import annotations
@@ -20,12 +21,8 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import socket
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -35,12 +32,11 @@ import urllib3
 import urllib3.connection
 import urllib3.connectionpool
 
-from vmkit import state
+from vmkit.agent.client import request
 from vmkit.errors import DockerError, InvalidInput, SSHError, VmkitError
 from vmkit.guest.ssh import SSHSession
-from vmkit.home import InstanceFiles
-from vmkit.host import procs, runner
 from vmkit.host.netutil import check_port_number
+from vmkit.host.transport import Address
 from vmkit.progress import Progress, no_progress
 
 if TYPE_CHECKING:
@@ -51,9 +47,12 @@ if TYPE_CHECKING:
 __all__ = [
     "GUEST_SOCKET",
     "ChannelOpener",
+    "Dialer",
     "RunSetup",
+    "api_client",
     "docker_client",
     "docker_host_url",
+    "endpoint_client",
     "ensure_socket",
     "open_docker_channel",
     "parse_forward",
@@ -115,7 +114,7 @@ def _open_streamlocal(transport: paramiko.Transport, path: str, timeout: float) 
     return opened
 
 
-class _Dialer:
+class Dialer:
     """Opens channels to dockerd on one SSH session, remembering whether streamlocal works."""
 
     def __init__(self, ssh: SSHSession, *, timeout: float = 20.0) -> None:
@@ -221,16 +220,16 @@ class ChannelAdapter(requests.adapters.HTTPAdapter):
 
 
 _lock = threading.Lock()
-_dialers: dict[tuple[str, str], _Dialer] = {}
+_dialers: dict[tuple[str, str], Dialer] = {}
 
 
-def _dialer_for(vm: VM) -> _Dialer:
+def _dialer_for(vm: VM) -> Dialer:
     ssh = vm.ssh()
     key = (str(vm.record.files.dir), repr(ssh.endpoint))
     with _lock:
         d = _dialers.get(key)
         if d is None or d.ssh is not ssh:
-            d = _dialers[key] = _Dialer(ssh)
+            d = _dialers[key] = Dialer(ssh)
         return d
 
 
@@ -242,20 +241,28 @@ def docker_client(vm: VM, *, timeout: float = 120) -> docker.DockerClient:
     """
     import docker
 
+    vm.require_running()
+    client = docker.DockerClient.__new__(docker.DockerClient)
+    client.api = api_client(_dialer_for(vm), timeout=timeout)
+    return client
+
+
+def api_client(opener: ChannelOpener, *, timeout: float | None = 120) -> docker.APIClient:
+    """A docker-py ``APIClient`` whose every HTTP connection is a channel from ``opener``."""
+    import docker
+
     api = docker.APIClient(base_url="tcp://127.0.0.1:1", version=API_VERSION, timeout=timeout)
-    adapter = ChannelAdapter(_dialer_for(vm), timeout=timeout)
+    adapter = ChannelAdapter(opener, timeout=timeout)
     api.mount(_BASE_URL, adapter)
     api._custom_adapter = adapter
     api.base_url = _BASE_URL
-    client = docker.DockerClient.__new__(docker.DockerClient)
-    client.api = api
-    return client
+    return api
 
 
 @contextlib.contextmanager
 def session(vm: VM, what: str) -> Iterator[docker.DockerClient]:
     """A client for a few calls: closed after, docker-py's errors translated (``what`` failed)."""
-    client = vm.docker()
+    client = docker_client(vm)
     try:
         yield client
     except VmkitError:
@@ -295,141 +302,33 @@ def translate(e: Exception, what: str) -> VmkitError:
     return DockerError(f"{what}: {e}")
 
 
-# -- a host socket for the docker CLI -----------------------------------------------------
+# -- the Docker endpoint for the docker CLI ----------------------------------------------
+
+
+def ensure_socket(vm: VM) -> Address:
+    """Start (if not running) the VM's Docker endpoint in its agent; return its address.
+
+    The endpoint is a Docker API proxy (vmkit/docker/proxy.py) on the agent's one SSH
+    connection: bind mounts are shared and published ports forwarded as containers come and
+    go (vmkit/docker/auto.py).
+    """
+    vm.require_running()
+    files = vm.record.files
+    found = request(files, "docker-endpoint")
+    return Address(str(found["path"]), pipe=bool(found["pipe"]))
+
+
+def endpoint_client(vm: VM, *, timeout: float = 120) -> docker.DockerClient:
+    """A docker-py client for the VM's Docker endpoint (started if needed)."""
+    import docker
+
+    address = ensure_socket(vm)
+    return docker.DockerClient(base_url=address.docker_host, version=API_VERSION, timeout=timeout)
 
 
 def docker_host_url(vm: VM) -> str:
-    """The ``DOCKER_HOST`` value for the VM (its helper socket must be running)."""
-    return "unix://" + str(vm.record.files.docker_sock)
-
-
-def _answers(path: Path) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(2)
-    try:
-        s.connect(str(path))
-    except OSError:
-        return False
-    finally:
-        s.close()
-    return True
-
-
-def ensure_socket(vm: VM, *, timeout: float = 15) -> Path:
-    """Start (if not running) the helper that serves the VM's dockerd on a host unix socket."""
-    if not hasattr(socket, "AF_UNIX"):
-        raise DockerError(
-            "this Python has no unix sockets, so vmkit cannot serve dockerd to the docker CLI",
-            hint="use the Python API (`vm.docker()`) or `vmkit ssh NAME -- docker ...`",
-        )
-    vm.require_running()
-    files = vm.record.files
-    path = files.docker_sock
-    if len(os.fsencode(path)) > 100:
-        raise DockerError(
-            f"the socket path {path} is too long for a unix socket",
-            hint="set VMKIT_HOME to a shorter folder",
-        )
-    pid = procs.read_pid(files.docker_sock_pid)
-    if procs.alive(pid, str(files.dir)) and _answers(path):
-        return path
-    if pid is not None:
-        procs.terminate(pid, str(files.dir))
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    log = files.docker_sock_log
-    proc = runner.spawn(
-        [sys.executable, "-m", "vmkit.docker.client", "serve", str(files.dir)], log=log
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        if _answers(path):
-            return path
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-    tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
-    raise DockerError(
-        "the docker socket helper did not start" + (": " + " / ".join(tail) if tail else ""),
-        hint=f"see {log}",
-    )
-
-
-def _pump(src_recv: Callable[[int], bytes], dst_send: Callable[[bytes], None]) -> None:
-    with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-        while True:
-            data = src_recv(65536)
-            if not data:
-                break
-            dst_send(data)
-
-
-def _serve_one(conn: socket.socket, dial: Callable[[], _Dialer]) -> None:
-    try:
-        chan = dial()()
-    except VmkitError as e:
-        print(f"cannot reach dockerd: {e}", file=sys.stderr, flush=True)
-        conn.close()
-        return
-
-    def up() -> None:
-        _pump(conn.recv, chan.sendall)
-        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
-            chan.shutdown_write()
-
-    t = threading.Thread(target=up, daemon=True)
-    t.start()
-    _pump(chan.recv, conn.sendall)
-    with contextlib.suppress(OSError):
-        conn.shutdown(socket.SHUT_WR)
-    t.join()
-    conn.close()
-    chan.close()
-
-
-def serve(folder: Path) -> None:
-    """The helper process: accept on ``docker.sock``, carry each connection over one SSH session."""
-    files = InstanceFiles(folder)
-    current: list[_Dialer] = []
-    lock = threading.Lock()
-
-    def dialer() -> _Dialer:
-        # Re-read the record per connection: a restarted VM has a new SSH port.
-        ep = state.load(files.name).ssh
-        if ep is None:
-            raise SSHError(f"VM {files.name!r} has no SSH endpoint")
-        with lock:
-            if not current or current[0].ssh.endpoint != ep:
-                if current:
-                    current[0].ssh.close()
-                current[:] = [_Dialer(SSHSession(ep))]
-            return current[0]
-
-    dialer().ssh.transport()  # fail now, visibly, rather than on the first client
-    path = files.docker_sock
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)  # the socket is root in the guest: owner only
-    try:
-        listener.bind(str(path))
-    finally:
-        os.umask(old)
-    listener.listen(64)
-    state.atomic_write(files.docker_sock_pid, f"{os.getpid()}\n")
-    print(f"serving {path} (pid {os.getpid()})", file=sys.stderr, flush=True)
-    while True:
-        conn, _ = listener.accept()
-        threading.Thread(target=_serve_one, args=(conn, dialer), daemon=True).start()
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "serve":
-        serve(Path(sys.argv[2]))
-    else:
-        sys.exit("usage: python -m vmkit.docker.client serve VM_FOLDER")
+    """The ``DOCKER_HOST`` value for the VM (``unix://...`` or ``npipe:////./pipe/...``)."""
+    return vm.record.files.docker_endpoint().docker_host
 
 
 # -- running an image with shares and forwards --------------------------------------------
@@ -516,7 +415,7 @@ def run(
 ) -> Any:
     """Run ``image`` detached with folders shared and ports forwarded; the docker-py container."""
     setup = prepare_run(vm, image, shares=shares, forwards=forwards)
-    client = vm.docker()
+    client = docker_client(vm)
     try:
         return client.containers.run(
             image,
