@@ -14,6 +14,7 @@ from vmkit.boxes.store import (
     load_recipe,
     recipes_dir,
     remove,
+    stale_notice,
     verify,
 )
 
@@ -28,5 +29,6 @@ __all__ = [
     "load_recipe",
     "recipes_dir",
     "remove",
+    "stale_notice",
     "verify",
 ]
