@@ -436,7 +436,9 @@ def test_a_box_of_an_older_recipe_version_still_boots_and_up_says_to_rebuild(
     manifest.write_text(json.dumps(data))
     with caplog.at_level("WARNING", logger="vmkit"):
         assert boxes.ensure().dir == box.dir
+        assert boxes.ensure().dir == box.dir
     assert "vmkit box build vmkit-mini --arch amd64 --force" in caplog.text
+    assert caplog.text.count("was built by recipe version") == 1
     assert len(fake.tool_calls("mmdebstrap")) == 1
 
 

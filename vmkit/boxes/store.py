@@ -15,6 +15,7 @@ generic builder: mmdebstrap → trim kernel modules → ``mkfs.ext4 -d`` → ``q
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -505,8 +506,14 @@ def ensure(
         return build(name, arch, progress=progress)
     notice = stale_notice(box)
     if notice:
-        log.warning(notice)
+        _warn_once(notice)
     return box
+
+
+@functools.cache
+def _warn_once(notice: str) -> None:
+    """One warning per process: `up` looks the box up more than once."""
+    log.warning(notice)
 
 
 def stale_notice(box: Box) -> str | None:
