@@ -290,9 +290,14 @@ class VM:
             return True
 
         def dockerd() -> bool:
-            return self.run(
-                ["docker", "info", "--format", "{{.ServerVersion}}"], check=False, timeout=30
-            ).ok
+            # A socket-activated dockerd (vmkit-mini) starts at this first call, which waits for
+            # it: a call that does not finish in time means "not yet", not a broken VM.
+            try:
+                return self.run(
+                    ["docker", "info", "--format", "{{.ServerVersion}}"], check=False, timeout=60
+                ).ok
+            except SSHError:
+                return False
 
         def stuck(waiting_for: str) -> Callable[[float], VmkitError]:
             return lambda seconds: BootTimeout(
