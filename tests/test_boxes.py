@@ -423,3 +423,34 @@ def test_ensure_builds_a_missing_box(fake: FakeTools) -> None:
     box = boxes.ensure()
     assert len(fake.tool_calls("mmdebstrap")) == 1
     assert boxes.find() == box
+
+
+def test_a_box_of_an_older_recipe_version_still_boots_and_up_says_to_rebuild(
+    fake: FakeTools, caplog: pytest.LogCaptureFixture
+) -> None:
+    box = boxes.build()
+    assert boxes.stale_notice(box) is None
+    manifest = box.dir / boxes.MANIFEST
+    data = json.loads(manifest.read_text())
+    data["recipe_version"] = boxes.load_recipe("vmkit-mini").version - 1
+    manifest.write_text(json.dumps(data))
+    with caplog.at_level("WARNING", logger="vmkit"):
+        assert boxes.ensure().dir == box.dir
+        assert boxes.ensure().dir == box.dir
+    assert "vmkit box build vmkit-mini --arch amd64 --force" in caplog.text
+    assert caplog.text.count("was built by recipe version") == 1
+    assert len(fake.tool_calls("mmdebstrap")) == 1
+
+
+def test_the_initrd_and_the_boot_time_units_are_in_the_recipe() -> None:
+    init = RECIPE / "initrd" / "init"
+    assert os.access(init, os.X_OK)
+    text = init.read_text()
+    # The words vmkit's boot diagnosis quotes when the root disk is missing.
+    assert "ALERT! $root does not exist" in text and "switch_root /root /sbin/init" in text
+    hook = (RECIPE / "hooks" / "customize10-initrd").read_text()
+    assert all(f"group {g} " in hook for g in ("virtio", "mmio", "ahci", "ide", "ext4"))
+    customize = (RECIPE / "hooks" / "customize00-vmkit").read_text()
+    assert "systemctl enable docker.socket" in customize
+    assert "disable docker.service containerd.service" in customize
+    assert "set-default multi-user.target" in customize

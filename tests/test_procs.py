@@ -133,6 +133,7 @@ _GUEST_PROC = {
     "providers/virtualbox/vboxsf.py",
     "testing/fake_ssh.py",
     "agent/listeners.py",  # the guest's /proc/net/tcp, read over SSH
+    "guest/boottime.py",  # the guest's /proc/uptime, read over SSH
     "sharepolicy.py",  # guest folders a share may not be mounted on
     "boxes/store.py",  # a hint text: how to mount binfmt_misc on a Linux build host
 }

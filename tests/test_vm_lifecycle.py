@@ -44,6 +44,21 @@ def test_status_and_list_read_the_real_process(vm: Any, vm_home: Path) -> None:
     assert SESSION_VM in vmkit_cli("list", home=vm_home).stdout
 
 
+def test_boot_timeline_tells_where_the_boot_went(vm: Any, vm_home: Path) -> None:
+    out = vmkit_cli("status", SESSION_VM, "--boot-timeline", home=vm_home).stdout
+    for phase in ("firmware", "kernel", "initrd", "init to sshd", "sshd to login", "dockerd"):
+        assert f"  {phase} " in out, out
+    assert "kernel floor (QEMU start → init)" in out and "systemd-analyze: Startup" in out
+    tl = vm.boot_timeline()
+    floor = tl.kernel_floor
+    phases = tl.phases()
+    assert floor is not None and 0 < tl.firmware < floor
+    # The session VM waited for dockerd, so every phase was reached, in order.
+    assert all(p.end is not None for p in phases), phases
+    login = next(p for p in phases if p.name == "sshd to login")
+    assert floor < login.start < login.end  # type: ignore[operator]
+
+
 def test_per_vm_identity(vm: Any) -> None:
     files = vm.record.files
     assert oct(files.client_key.stat().st_mode & 0o777) == "0o600"

@@ -38,7 +38,7 @@ from vmkit.errors import (
     VMNotRunning,
     VMUnreachable,
 )
-from vmkit.guest import console, keys
+from vmkit.guest import boottime, console, keys
 from vmkit.guest.pathmap import guest_path
 from vmkit.guest.ready import Probe, wait_for
 from vmkit.guest.ssh import SSHSession
@@ -241,6 +241,25 @@ class VM:
                 state.save(self.record)
         return reached
 
+    def boot_timeline(self) -> boottime.Timeline:
+        """Where the current boot's time went, phase by phase (vmkit.guest.boottime).
+
+        Needs the hypervisor's process on this host (QEMU VMs) and a guest with systemd.
+        """
+        self.require_running()
+        pid = self.status().pid
+        if pid is None or not self.provider.capabilities.console_log:
+            raise NotSupported(
+                f"vmkit cannot time the boot of {self.name!r}: it has no hypervisor process "
+                "on this host whose start it knows",
+                hint="the boot timeline is for QEMU VMs; inside any guest, "
+                "`systemd-analyze` tells the part after the kernel started",
+            )
+        return boottime.measure(
+            lambda argv: self.run(list(argv), sudo=True, timeout=60).stdout,
+            lambda: procs.age(pid),
+        )
+
     def _probes(self, *, docker: bool) -> list[Probe]:
         ep = self._endpoint()
         log_path = self.record.files.serial_log
@@ -274,13 +293,14 @@ class VM:
             return True
 
         def dockerd() -> bool:
+            # A socket-activated dockerd (vmkit-mini) starts at this first call, which waits for
+            # it, and one restarting containers under TCG can take long too: a call that does
+            # not finish in time means "not yet"; the probe's own deadline and hint still apply.
             try:
                 return self.run(
-                    ["docker", "info", "--format", "{{.ServerVersion}}"], check=False, timeout=30
+                    ["docker", "info", "--format", "{{.ServerVersion}}"], check=False, timeout=60
                 ).ok
             except SSHError:
-                # A dockerd still starting (restarting containers, under TCG) can keep `docker
-                # info` past 30 s: not ready yet; the probe's own deadline and hint still apply.
                 return False
 
         def stuck(waiting_for: str) -> Callable[[float], VmkitError]:

@@ -13,6 +13,7 @@ from vmkit.boxes.store import (
     load_recipe,
     recipes_dir,
     remove,
+    stale_notice,
     verify,
 )
 from vmkit.host.arch import ARCHES
@@ -28,5 +29,6 @@ __all__ = [
     "load_recipe",
     "recipes_dir",
     "remove",
+    "stale_notice",
     "verify",
 ]

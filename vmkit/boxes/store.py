@@ -15,8 +15,10 @@ generic builder: mmdebstrap → trim kernel modules → ``mkfs.ext4 -d`` → ``q
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -52,6 +54,9 @@ INITRD = "initrd.img"
 DISK = "disk.qcow2"
 #: Bumped when the layout of a built box changes; older boxes are reported as corrupt.
 FORMAT = 1
+
+#: The CLI shows this logger's warnings (a stale box).
+log = logging.getLogger("vmkit")
 
 _MERGED_USR_HOOKS = Path("/usr/share/mmdebstrap/hooks/merged-usr")
 
@@ -509,11 +514,40 @@ def _check_import(work: Path, digests: Mapping[str, tuple[int, str]], name: str,
 def ensure(
     name: str = "vmkit-mini", arch: str = "amd64", *, progress: Progress = no_progress
 ) -> Box:
-    """The built box, building it first if the cache has none."""
+    """The built box, building it first if the cache has none (a stale build is logged)."""
     try:
-        return find(name, arch)
+        box = find(name, arch)
     except BoxNotFound:
         return build(name, arch, progress=progress)
+    notice = stale_notice(box)
+    if notice:
+        _warn_once(notice)
+    return box
+
+
+@functools.cache
+def _warn_once(notice: str) -> None:
+    """One warning per process: `up` looks the box up more than once."""
+    log.warning(notice)
+
+
+def stale_notice(box: Box) -> str | None:
+    """What to tell a user whose box was built by an older version of its recipe (else None).
+
+    Such a box still boots; a newer recipe changes how fast or what it offers.
+    """
+    try:
+        current = load_recipe(box.name).version
+    except VmkitError:  # a box without a recipe here (imported from elsewhere)
+        return None
+    built = int(box.manifest.get("recipe_version", 0))
+    if built >= current:
+        return None
+    return (
+        f"box {box.name} ({box.arch}) was built by recipe version {built}, the recipe is now "
+        f"version {current} (a faster boot); rebuild it with "
+        f"`vmkit box build {box.name} --arch {box.arch} --force` (destroy its VMs first)"
+    )
 
 
 def build(

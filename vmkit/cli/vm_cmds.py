@@ -122,8 +122,21 @@ def destroy(name: str, force: bool) -> None:
 
 @click.command()
 @click.argument("name", required=False)
-def status(name: str | None) -> None:
+@click.option(
+    "--boot-timeline",
+    is_flag=True,
+    help="Also show where the boot's time went, phase by phase (QEMU VMs).",
+)
+def status(name: str | None, boot_timeline: bool) -> None:
     """State of VM NAME (or all VMs), read from the hypervisor, with its shares and forwards."""
+    if boot_timeline:
+        vm = api.get(name or api.DEFAULT_NAME)
+        console.print(
+            f"[bold]{vm.name}[/]: where the boot's time went (seconds since QEMU started)"
+        )
+        for line in vm.boot_timeline().render():
+            console.print(f"  {line}", markup=False)
+        return
     vms = [api.get(name)] if name else api.list_vms()
     if not vms:
         console.print("no VMs yet; create one with `python -m vmkit up`")

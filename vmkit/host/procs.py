@@ -36,6 +36,14 @@ def running(pid: int) -> bool:
         return True  # someone else's process, but it exists
 
 
+def age(pid: int) -> float:
+    """Seconds since process ``pid`` started; ``ProcessLookupError`` if it is gone."""
+    try:
+        return time.time() - psutil.Process(pid).create_time()
+    except _GONE:
+        raise ProcessLookupError(pid) from None
+
+
 def cmdline(pid: int) -> list[str] | None:
     """The argv of ``pid``, or None if it is gone.
 
