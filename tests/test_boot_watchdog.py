@@ -28,6 +28,8 @@ pytestmark = pytest.mark.vm
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     assert os.access("/dev/kvm", os.R_OK | os.W_OK), "these tests need /dev/kvm to exist"
+    # Built now if this is the first test to need the box: what the tests time is the boot.
+    boxes.ensure()
     fakeqemu.install(tmp_path / "bin")
     home = tmp_path / "home"
     monkeypatch.setenv("VMKIT_HOME", str(home))
