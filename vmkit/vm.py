@@ -509,7 +509,9 @@ class VM:
                         hint="pick another --to path",
                     )
             self._require_changeable()
-            if self.is_running():
+            # An attached VM whose SSH is not known yet cannot be asked; the mechanism then
+            # refuses with how to finish the attach.
+            if self.is_running() and self.record.ssh is not None and self.record.ssh.port:
                 resolved, home = self._guest_target(dest)
                 sharepolicy.check_target(dest, resolved=resolved, home=home, force=force)
             spec = ShareSpec(
