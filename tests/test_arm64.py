@@ -9,17 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.vmfixtures import vmkit_cli
+from tests.vmfixtures import guest_busybox_image, vmkit_cli
 from vmkit.host.netutil import free_port
 
 pytestmark = pytest.mark.vm
 
-# A tiny image from the guest's own (arm64) busybox: no registry, and an amd64 image would fail
-# with "exec format error".
-_MAKE_IMAGE = (
-    "set -e; d=$(mktemp -d); mkdir -p $d/bin; cp /bin/busybox $d/bin/; ln -s busybox $d/bin/sh; "
-    "ln -s busybox $d/bin/uname; tar -C $d -c . | docker import - vmkit-test/busybox-arm64 >/dev/null"
-)
+_MAKE_IMAGE = guest_busybox_image("vmkit-test/busybox-arm64")
 
 
 def test_arm64_box_boots_shares_forwards_and_runs_a_container(tmp_path: Path) -> None:

@@ -7,16 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.vmfixtures import vmkit_cli
+from tests.vmfixtures import guest_busybox_image, vmkit_cli
 
 pytestmark = pytest.mark.vm
 
-# A tiny image from the guest's own (i386) busybox: the amd64 one fails there with
-# "exec format error".
-_MAKE_IMAGE = (
-    "set -e; d=$(mktemp -d); mkdir -p $d/bin; cp /bin/busybox $d/bin/; ln -s busybox $d/bin/sh; "
-    "ln -s busybox $d/bin/uname; tar -C $d -c . | docker import - vmkit-test/busybox32 >/dev/null"
-)
+_MAKE_IMAGE = guest_busybox_image("vmkit-test/busybox32")
 
 
 def test_i386_box_boots_to_ssh_and_runs_a_container(tmp_path: Path) -> None:

@@ -73,3 +73,12 @@ def vmkit_cli(
             f"vmkit {' '.join(args)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
         )
     return r
+
+
+def guest_busybox_image(tag: str) -> str:
+    """A guest shell script that imports a tiny image ``tag`` from the guest's own busybox:
+    no registry, and an image of another architecture would fail with "exec format error"."""
+    return (
+        "set -e; d=$(mktemp -d); mkdir -p $d/bin; cp /bin/busybox $d/bin/; ln -s busybox $d/bin/sh; "
+        f"ln -s busybox $d/bin/uname; tar -C $d -c . | docker import - {tag} >/dev/null"
+    )

@@ -67,19 +67,10 @@ def make(
     """A ``LabSpec`` from a template and a roster file, checked by rendering it once."""
     path = vagrantfile.find_template(template)
     own = path.suffix == ".j2" and path.parent != vagrantfile.templates_dir()
-    try:
-        text = roster_csv.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise InvalidInput(f"roster {roster_csv} does not exist") from None
-    except UnicodeDecodeError:
-        raise InvalidInput(
-            f"roster {roster_csv} is not UTF-8 text",
-            hint="save the CSV as UTF-8 in your spreadsheet",
-        ) from None
     spec = LabSpec(
         name=vagrantfile.validate_name(name, "lab name"),
         template=path.name if own else template,
-        roster_csv=text,
+        roster_csv=roster.read_text(roster_csv),
         template_text=path.read_text(encoding="utf-8") if own else "",
         box=box,
         provider=provider,

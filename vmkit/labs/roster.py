@@ -58,15 +58,19 @@ def machine_name_for(name: str, limit: int = 40) -> str:
 
 def read(path: Path) -> list[Student]:
     """The students of the roster at ``path``; ``RosterInvalid`` listing every bad line."""
+    return parse(read_text(path), path)
+
+
+def read_text(path: Path) -> str:
+    """The roster file's text (a spreadsheet's UTF-8 BOM dropped), unchecked."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError as e:
         raise InvalidInput(f"roster {path} does not exist") from e
     except UnicodeDecodeError as e:
         raise InvalidInput(
             f"roster {path} is not UTF-8 text", hint="save the CSV as UTF-8 in your spreadsheet"
         ) from e
-    return parse(text, path)
 
 
 def parse(text: str, path: Path) -> list[Student]:
