@@ -33,7 +33,7 @@ class _Server(paramiko.ServerInterface):
         return paramiko.OPEN_SUCCEEDED
 
 
-def _connect(root: Path, readonly: bool) -> Iterator[paramiko.SFTPClient]:
+def _connect(root: Path, readonly: bool, walk_by_fd: bool) -> Iterator[paramiko.SFTPClient]:
     a, b = socket.socketpair()
     server = paramiko.Transport(a)
     server.add_server_key(_key())
@@ -42,7 +42,7 @@ def _connect(root: Path, readonly: bool) -> Iterator[paramiko.SFTPClient]:
     client.start_client(timeout=10)
     client.auth_none("guest")
     chan = client.open_session()
-    thread = sftpjail.serve(server.accept(10), str(root), readonly=readonly)
+    thread = sftpjail.serve(server.accept(10), str(root), readonly=readonly, walk_by_fd=walk_by_fd)
     sftp = paramiko.SFTPClient(chan)
     try:
         yield sftp
@@ -77,14 +77,21 @@ def tree(tmp_path: Path) -> Path:
     return share
 
 
-@pytest.fixture
-def rw(tree: Path) -> Iterator[paramiko.SFTPClient]:
-    yield from _connect(tree, readonly=False)
+# Every case runs with both walks: by descriptor (Linux, macOS) and by path (what Windows
+# hosts use, which run here too).
+@pytest.fixture(params=[True, False], ids=["walk-by-fd", "walk-by-path"])
+def walk_by_fd(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
 
 
 @pytest.fixture
-def ro(tree: Path) -> Iterator[paramiko.SFTPClient]:
-    yield from _connect(tree, readonly=True)
+def rw(tree: Path, walk_by_fd: bool) -> Iterator[paramiko.SFTPClient]:
+    yield from _connect(tree, readonly=False, walk_by_fd=walk_by_fd)
+
+
+@pytest.fixture
+def ro(tree: Path, walk_by_fd: bool) -> Iterator[paramiko.SFTPClient]:
+    yield from _connect(tree, readonly=True, walk_by_fd=walk_by_fd)
 
 
 def test_the_share_reads_and_lists(rw: paramiko.SFTPClient, tree: Path) -> None:
@@ -174,3 +181,29 @@ def test_writes_are_the_host_users_and_never_setuid(rw: paramiko.SFTPClient, tre
     assert not (tree / "d").stat().st_mode & (stat.S_ISUID | stat.S_ISGID)
     assert (tree / "d" / "b.txt").read_text() == "hello"
     assert rw.stat(f"{tree}/x").st_size == 10
+
+
+@pytest.mark.parametrize(
+    "name", ["a\\..\\..\\secret", "x:stream", "C:", "NUL", "com1.txt", "dot.", "space ", ".."]
+)
+def test_names_another_host_os_reads_otherwise_are_refused(name: str) -> None:
+    """Walking by path (Windows), a name must mean one entry of its folder, nothing else."""
+    assert not sftpjail._plain_name(name)
+
+
+def test_plain_names_pass() -> None:
+    assert all(sftpjail._plain_name(n) for n in ["a.txt", ".hidden", "nullable", "con-fig", "x y"])
+
+
+def test_a_file_swapped_for_a_symlink_is_refused(rw: paramiko.SFTPClient, tree: Path) -> None:
+    """Both walks refuse a link that is there when the request is checked."""
+    (tree / "sub" / "f").write_text("in share")
+    with rw.open(f"{tree}/sub/f") as f:
+        assert f.read() == b"in share"
+    (tree / "sub" / "f").unlink()
+    (tree / "sub" / "f").symlink_to(tree.parent / "secret")
+    with pytest.raises(PermissionError):
+        rw.open(f"{tree}/sub/f").read()
+    with pytest.raises(PermissionError):
+        rw.open(f"{tree}/sub/f", "w").write(b"x")
+    assert (tree.parent / "secret").read_text() == "host secret"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -43,14 +42,10 @@ class SSHFSSession:
         opts = ["-o", "passive", "-o", "allow_other", "-o", "reconnect"]
         if self.spec.readonly:
             opts += ["-o", "ro"]
-        argv = ["sudo", "-n", "sshfs", "-f", *opts, ":" + self.spec.source, self.spec.target]
-        if sys.platform == "win32":
-            raise NotSupported(
-                "sshfs shares need a Linux or macOS host (the confined SFTP server is POSIX-only)",
-                hint="on Windows use VirtualBox's shared folders (vboxsf)",
-            )
         from vmkit.agent import sftpjail
 
+        source = ":" + sftpjail.sftp_path(self.spec.source)
+        argv = ["sudo", "-n", "sshfs", "-f", *opts, source, self.spec.target]
         # The channel's stdin/stdout carry SFTP; sshfs's stderr stays on the channel.
         self._chan = chan = self.ssh.open_channel(argv)
         self._server = sftpjail.serve(chan, self.spec.source, readonly=self.spec.readonly)

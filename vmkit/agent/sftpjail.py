@@ -12,7 +12,13 @@ The guest's ``sshfs -o passive`` speaks SFTP over the SSH channel the agent open
 - Read-only shares refuse every change here, whatever the guest mounts.
 - No setuid/setgid bit is ever set and ``chown`` is refused: files are the host user's.
 
-POSIX hosts only: the walk needs ``dir_fd`` and ``O_NOFOLLOW``, which Windows lacks.
+Windows has neither ``dir_fd`` nor ``O_NOFOLLOW``, so there the walk is by path: every
+component is checked with ``lstat`` and refused if it is a symlink or any other reparse point
+(a junction), and names Windows would read as something else (``a\\b``, ``x:stream``, ``NUL``,
+a trailing dot) are refused. The check and the use are two steps; a host program that swaps a
+component for a link between them could lead one request out. The guest cannot do that: it
+cannot make a link here (``symlink`` is refused on Windows) and every existing one is refused.
+The SFTP path of a Windows folder is its path with ``/`` (``C:/Users/x``: ``sftp_path``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import contextlib
 import errno
 import os
 import posixpath
+import re
 import stat
 import sys
 import threading
@@ -33,10 +40,13 @@ from paramiko.sftp import SFTP_OK, SFTP_OP_UNSUPPORTED, SFTP_PERMISSION_DENIED
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-assert sys.platform != "win32", "vmkit.agent.sftpjail needs a POSIX host"
-
 T = TypeVar("T")
-if sys.platform == "linux":
+if sys.platform == "win32":
+    _WALK = _NAME = _LIST = 0  # unused: Windows walks by path
+    _NOFOLLOW = 0
+    # Without it Windows opens files in text mode and changes line ends.
+    _OPEN_EXTRA = os.O_BINARY | os.O_NOINHERIT
+elif sys.platform == "linux":
     # O_PATH: a handle on the name itself (a symlink's own, too) that reads nothing.
     _WALK = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
     _NAME = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -45,6 +55,12 @@ else:
     # cannot be changed (ELOOP), which sshfs does not need.
     _WALK = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
     _NAME = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+if sys.platform != "win32":
+    _NOFOLLOW = os.O_NOFOLLOW
+    _OPEN_EXTRA = os.O_CLOEXEC
+    _LIST = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Walk with directory descriptors (race-free); by path where the OS has no ``dir_fd``.
+WALK_BY_FD = sys.platform != "win32"
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 #: What a mode may carry through a share: permissions and the sticky bit, never set-id bits.
 _MODE_BITS = 0o1777
@@ -54,24 +70,37 @@ class _Refused(Exception):
     """A request outside the share (or a change to a read-only one)."""
 
 
-def serve(channel: paramiko.Channel, root: str, *, readonly: bool) -> threading.Thread:
+def serve(
+    channel: paramiko.Channel, root: str, *, readonly: bool, walk_by_fd: bool = WALK_BY_FD
+) -> threading.Thread:
     """Answer SFTP on ``channel`` (an open session channel whose other end is an SFTP
-    client), confined to folder ``root``; returns the running server thread."""
+    client), confined to folder ``root``; returns the running server thread.
+
+    ``walk_by_fd=False`` walks by path, as on Windows (tests run that walk on POSIX too)."""
     server = paramiko.SFTPServer(
-        channel, "sftp", paramiko.ServerInterface(), JailedSFTP, root, readonly
+        channel, "sftp", paramiko.ServerInterface(), JailedSFTP, root, readonly, walk_by_fd
     )
     server.daemon = True
     server.start()
     return server
 
 
+def sftp_path(folder: str) -> str:
+    """The SFTP (and sshfs) name of host folder ``folder``: Windows paths get ``/``."""
+    return folder.replace("\\", "/") if sys.platform == "win32" else folder
+
+
 class JailedSFTP(paramiko.SFTPServerInterface):
     """SFTP requests answered inside ``root`` only (see the module docstring)."""
 
-    def __init__(self, server: paramiko.ServerInterface, root: str, readonly: bool) -> None:
+    def __init__(
+        self, server: paramiko.ServerInterface, root: str, readonly: bool, walk_by_fd: bool
+    ) -> None:
         super().__init__(server)
-        self.root = posixpath.normpath(root)
+        self.folder = root
+        self.root = posixpath.normpath(sftp_path(root))
         self.readonly = readonly
+        self.walk_by_fd = walk_by_fd
 
     # -- paths ----------------------------------------------------------------------------
 
@@ -88,10 +117,14 @@ class JailedSFTP(paramiko.SFTPServerInterface):
         return full[len(prefix) :].split("/")
 
     @contextlib.contextmanager
-    def _at(self, path: str) -> Iterator[tuple[int, str]]:
+    def _at(self, path: str) -> Iterator[tuple[int | None, str]]:
         """``(directory fd, name)`` of ``path``'s last component, reached without following
-        any symlink; the root itself is ``(root fd, ".")``."""
+        any symlink; the root itself is ``(root fd, ".")``. Walking by path, it is ``(None,
+        the host path)``, every directory on the way checked."""
         parts = self._parts(path)
+        if not self.walk_by_fd:
+            yield None, self._checked_path(path, parts)
+            return
         fd = os.open(self.root, _WALK)
         try:
             for name in parts[:-1]:
@@ -107,6 +140,27 @@ class JailedSFTP(paramiko.SFTPServerInterface):
         finally:
             os.close(fd)
 
+    def _checked_path(self, path: str, parts: list[str]) -> str:
+        """The host path of ``parts``, each directory on the way a real one (not a link)."""
+        here = self.folder
+        for i, name in enumerate(parts):
+            if not _plain_name(name):
+                raise _Refused(path)
+            here = os.path.join(here, name)
+            if i < len(parts) - 1:
+                st = os.lstat(here)
+                if _is_link(st) or not stat.S_ISDIR(st.st_mode):
+                    raise _Refused(path)
+        return here
+
+    def _not_a_link(self, d: int | None, name: str) -> None:
+        """Refuse ``name`` if it is a link; only needed walking by path, where opening does
+        not refuse one (``O_NOFOLLOW``) as it does walking by descriptor."""
+        if d is None:
+            with contextlib.suppress(FileNotFoundError):
+                if _is_link(os.lstat(name)):
+                    raise _Refused(name)
+
     def _change(self) -> None:
         if self.readonly:
             raise _Refused("read-only share")
@@ -119,18 +173,13 @@ class JailedSFTP(paramiko.SFTPServerInterface):
     def list_folder(self, path: str) -> list[paramiko.SFTPAttributes] | int:
         def run() -> list[paramiko.SFTPAttributes]:
             with self._at(path) as (d, name):
-                if stat.S_ISLNK(os.stat(name, dir_fd=d, follow_symlinks=False).st_mode):
+                if _is_link(os.stat(name, dir_fd=d, follow_symlinks=False)):
                     raise _Refused(path)
-                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=d)
-            with os.scandir(fd) as it:
-                entries = list(it)
+                if d is None:
+                    return _listing(name, None)
+                fd = os.open(name, _LIST, dir_fd=d)
             try:
-                out = []
-                for e in entries:
-                    with contextlib.suppress(FileNotFoundError):
-                        st = os.stat(e.name, dir_fd=fd, follow_symlinks=False)
-                        out.append(paramiko.SFTPAttributes.from_stat(st, e.name))
-                return out
+                return _listing(fd, fd)
             finally:
                 os.close(fd)
 
@@ -158,7 +207,8 @@ class JailedSFTP(paramiko.SFTPServerInterface):
                 self._change()
             mode = (attr.st_mode or 0o666) & _MODE_BITS if attr is not None else 0o666
             with self._at(path) as (d, name):
-                fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=d)
+                self._not_a_link(d, name)
+                fd = os.open(name, flags | _NOFOLLOW | _OPEN_EXTRA, mode, dir_fd=d)
             return _Handle(fd, flags, readonly=self.readonly)
 
         return _answer(run)
@@ -217,6 +267,9 @@ class JailedSFTP(paramiko.SFTPServerInterface):
         def run() -> int:
             self._change()
             with self._at(path) as (d, name):
+                if d is None:
+                    _set_attrs(name, attr)
+                    return SFTP_OK
                 fd = os.open(name, _NAME, dir_fd=d)
             try:
                 _set_attrs(fd, attr)
@@ -234,14 +287,52 @@ class JailedSFTP(paramiko.SFTPServerInterface):
         return _answer(run)
 
     def symlink(self, target_path: str, path: str) -> int:
-        # The link's text is only ever followed by the guest (never by this server).
+        # The link's text is only ever followed by the guest (never by this server). On
+        # Windows a link would be followed by the walk's own opens: none is made there.
         def run() -> int:
             self._change()
+            if sys.platform == "win32":
+                raise NotImplementedError("symlinks in a share on a Windows host")
             with self._at(path) as (d, name):
                 os.symlink(target_path, name, dir_fd=d)
             return SFTP_OK
 
         return _answer(run)
+
+
+#: Windows' reserved device names, which name a device in every folder.
+_DEVICES = re.compile(r"(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\..*)?", re.IGNORECASE)
+
+
+def _plain_name(name: str) -> bool:
+    """Whether ``name`` means one entry of its folder on every host OS: no separator, no
+    drive or stream (``:``), no device name, no trailing dot or space (Windows drops them)."""
+    return (
+        name not in ("", ".", "..")
+        and not any(c in name for c in "\\:\0")
+        and not _DEVICES.fullmatch(name)
+        and not name.endswith((".", " "))
+    )
+
+
+def _is_link(st: os.stat_result) -> bool:
+    """A symlink, or on Windows any reparse point (a junction, a mount point)."""
+    if sys.platform == "win32":
+        return bool(st.st_file_attributes & stat.FILE_ATTRIBUTE_REPARSE_POINT)
+    return stat.S_ISLNK(st.st_mode)
+
+
+def _listing(folder: int | str, dir_fd: int | None) -> list[paramiko.SFTPAttributes]:
+    """The entries of ``folder`` (a descriptor, or a checked path with ``dir_fd`` None)."""
+    with os.scandir(folder) as it:
+        names = [e.name for e in it]
+    out = []
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            where = name if dir_fd is not None else os.path.join(str(folder), name)
+            st = os.stat(where, dir_fd=dir_fd, follow_symlinks=False)
+            out.append(paramiko.SFTPAttributes.from_stat(st, name))
+    return out
 
 
 class _Handle(paramiko.SFTPHandle):
@@ -251,19 +342,32 @@ class _Handle(paramiko.SFTPHandle):
         super().__init__(flags)
         self.fd = fd
         self.readonly = readonly
+        self._seek = threading.Lock()  # Windows has no pread/pwrite: seek and read as one
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.fd)
 
     def read(self, offset: int, length: int) -> bytes | int:
-        return _answer(lambda: os.pread(self.fd, length, offset))
+        def run() -> bytes:
+            if sys.platform == "win32":
+                with self._seek:
+                    os.lseek(self.fd, offset, os.SEEK_SET)
+                    return os.read(self.fd, length)
+            return os.pread(self.fd, length, offset)
+
+        return _answer(run)
 
     def write(self, offset: int, data: Buffer) -> int:
         def run() -> int:
             view, at = memoryview(data), offset
             while view:
-                n = os.pwrite(self.fd, view, at)
+                if sys.platform == "win32":
+                    with self._seek:
+                        os.lseek(self.fd, at, os.SEEK_SET)
+                        n = os.write(self.fd, view)
+                else:
+                    n = os.pwrite(self.fd, view, at)
                 view, at = view[n:], at + n
             return SFTP_OK
 
@@ -282,11 +386,12 @@ class _Handle(paramiko.SFTPHandle):
         return _answer(run)
 
 
-def _set_attrs(fd: int, attr: paramiko.SFTPAttributes) -> None:
-    """Apply SFTP attributes to the file behind ``fd`` (an ``O_PATH`` or open descriptor):
-    set-id bits are dropped, an owner change is refused, a symlink is left alone."""
-    st = os.fstat(fd)
-    if stat.S_ISLNK(st.st_mode):
+def _set_attrs(file: int | str, attr: paramiko.SFTPAttributes) -> None:
+    """Apply SFTP attributes to ``file``: a descriptor (``O_PATH`` or open), or a checked
+    path walking by path. Set-id bits are dropped, an owner change is refused, a symlink is
+    left alone."""
+    st = os.fstat(file) if isinstance(file, int) else os.lstat(file)
+    if _is_link(st):
         raise _Refused("attributes of a symlink")
     if (attr.st_uid is not None and attr.st_uid not in (-1, st.st_uid)) or (
         attr.st_gid is not None and attr.st_gid not in (-1, st.st_gid)
@@ -294,13 +399,15 @@ def _set_attrs(fd: int, attr: paramiko.SFTPAttributes) -> None:
         raise _Refused("files in a share belong to the host user")
     # Linux: an O_PATH descriptor is changed through its /proc/self/fd name. Elsewhere the
     # descriptor itself is (a size change then needs one open for writing, as sshfs's are).
-    proc: int | str = f"/proc/self/fd/{fd}" if sys.platform == "linux" else fd
+    target: int | str = file
+    if sys.platform == "linux" and isinstance(file, int):
+        target = f"/proc/self/fd/{file}"
     if attr.st_mode is not None:
-        os.chmod(proc, attr.st_mode & _MODE_BITS)
+        os.chmod(target, attr.st_mode & _MODE_BITS)
     if attr.st_size is not None:
-        os.truncate(proc, attr.st_size)
+        os.truncate(target, attr.st_size)
     if attr.st_atime is not None and attr.st_mtime is not None:
-        os.utime(proc, (attr.st_atime, attr.st_mtime))
+        os.utime(target, (attr.st_atime, attr.st_mtime))
 
 
 def _answer(run: Callable[[], T]) -> T | int:
