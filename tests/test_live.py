@@ -282,7 +282,7 @@ def test_a_vm_whose_ssh_stops_answering_fails_fast(vm: Any, vm_home: Path, tmp_p
     from vmkit.providers.qemu.qmp import QMP
 
     port = vm.record.ssh.port
-    with QMP(vm.record.files.qmp) as q:  # SSH's only way in, gone; the VM itself runs on
+    with QMP.for_vm(vm.record) as q:  # SSH's only way in, gone; the VM itself runs on
         q.hmp(f"hostfwd_remove net0 tcp:127.0.0.1:{port}")
     try:
         began = time.monotonic()
@@ -294,6 +294,6 @@ def test_a_vm_whose_ssh_stops_answering_fails_fast(vm: Any, vm_home: Path, tmp_p
         assert took < 60, f"took {took:.0f} s"  # the 300 s boot wait would blow this
         assert "unreachable" in vmkit_cli("status", SESSION_VM, home=vm_home).stdout
     finally:
-        with QMP(vm.record.files.qmp) as q:
+        with QMP.for_vm(vm.record) as q:
             q.hmp(f"hostfwd_add net0 tcp:127.0.0.1:{port}-:22")
     assert vmkit_cli("ssh", SESSION_VM, "--", "echo", "back", home=vm_home).stdout.strip() == "back"

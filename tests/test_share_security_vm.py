@@ -227,7 +227,7 @@ def test_virtiofs_as_a_plain_host_user(vm: Any, other_user: Any) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert _uid_of(daemon.pid) == uid
-        with QMP(vm.record.files.qmp) as q:
+        with QMP.for_vm(vm.record) as q:
             q.execute(
                 "chardev-add",
                 {
@@ -256,7 +256,7 @@ def test_virtiofs_as_a_plain_host_user(vm: Any, other_user: Any) -> None:
             assert (st.st_uid, st.st_gid) == (uid, gid), name
     finally:
         vm.run(["umount", "/mnt/plain"], sudo=True, check=False)
-        with QMP(vm.record.files.qmp) as q:
+        with QMP.for_vm(vm.record) as q:
             for cmd, args in (("device_del", {"id": "dev-plain"}),
                               ("chardev-remove", {"id": "chr-plain"})):  # fmt: skip
                 deadline = time.monotonic() + 15

@@ -106,6 +106,11 @@ class InstanceFiles:
         return self.dir / "serial.log"
 
     @property
+    def qemu_log(self) -> Path:
+        """QEMU's own output where vmkit starts it detached (it cannot daemonize: Windows)."""
+        return self.dir / "qemu.log"
+
+    @property
     def agent_pid(self) -> Path:
         return self.dir / "agent.pid"
 

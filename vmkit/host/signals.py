@@ -18,10 +18,11 @@ from typing import NoReturn
 
 import psutil
 
-#: ``creationflags`` for a child that must not share vmkit's console group: on Windows a
-#: Ctrl-C in vmkit's console would otherwise reach it (POSIX uses ``start_new_session``).
+#: ``creationflags`` for a child that must not share vmkit's console: on Windows a Ctrl-C in
+#: vmkit's console would otherwise reach it, and closing that console window would end it
+#: (POSIX uses ``start_new_session``). Its output goes where vmkit sends it, never a console.
 if sys.platform == "win32":
-    NEW_GROUP_FLAGS = subprocess.CREATE_NEW_PROCESS_GROUP
+    NEW_GROUP_FLAGS = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.DETACHED_PROCESS
 else:
     NEW_GROUP_FLAGS = 0
 

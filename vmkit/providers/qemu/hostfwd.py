@@ -38,7 +38,7 @@ class HostFwd:
     name: str = "hostfwd"
 
     def _hmp(self, line: str) -> str:
-        with QMP(self.record.files.qmp) as q:
+        with QMP.for_vm(self.record) as q:
             return q.hmp(line).strip()
 
     def add(self, spec: ForwardSpec) -> ForwardSpec:

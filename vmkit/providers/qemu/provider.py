@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -11,6 +14,8 @@ import attrs
 
 from vmkit import state
 from vmkit.errors import (
+    CommandFailed,
+    CommandTimeout,
     HardwareVirtualizationUnavailable,
     PortInUse,
     ProviderError,
@@ -20,11 +25,11 @@ from vmkit.errors import (
 from vmkit.host import procs, signals
 from vmkit.host.arch import find_qemu
 from vmkit.host.netutil import free_port, read_banner
-from vmkit.host.runner import ErrorRule, Result, run, which
+from vmkit.host.runner import ErrorRule, Result, classify, run, spawn, which
 from vmkit.progress import Progress
 from vmkit.providers.base import Capabilities, Status, VMState
 from vmkit.providers.qemu.argv import QemuConfig, build_argv
-from vmkit.providers.qemu.qmp import QMP
+from vmkit.providers.qemu.qmp import QMP, TCP_PORT_KEY
 
 if TYPE_CHECKING:
     from vmkit.guest.ssh import SSHSession
@@ -59,10 +64,21 @@ QEMU_RULES = [
 ]
 
 
+#: How long QEMU may take from its start to a monitor that answers.
+START_TIMEOUT = 60.0
+
+
 class QemuProvider:
-    """Runs VMs as daemonized qemu-system processes, one folder each."""
+    """Runs VMs as qemu-system processes in the background, one folder each.
+
+    On Linux and macOS QEMU daemonizes itself and its monitor is a unix socket in the VM's
+    folder. QEMU for Windows can do neither: vmkit starts it detached, its output in
+    ``qemu.log``, with the monitor on a TCP port of 127.0.0.1 (``host_os`` picks the way; the
+    tests run the Windows way on Linux too).
+    """
 
     name: ClassVar[str] = "qemu"
+    host_os: ClassVar[str] = sys.platform
     capabilities: ClassVar[Capabilities] = Capabilities(
         share_mechanisms=("virtiofs", "sshfs"),
         forward_mechanisms=("hostfwd", "ssh-tunnel"),
@@ -102,6 +118,7 @@ class QemuProvider:
 
     def _config(self, record: VMRecord, ssh_port: int) -> QemuConfig:
         f = record.files
+        tcp = record.extra.get(TCP_PORT_KEY)
         return QemuConfig(
             name=record.name,
             cpus=record.cpus,
@@ -113,21 +130,23 @@ class QemuProvider:
             disk=f.disk,
             seed=f.seed,
             ssh_port=ssh_port,
-            qmp=f.qmp,
+            qmp=int(str(tcp)) if tcp else f.qmp,
             pidfile=f.pid,
             serial_log=f.serial_log,
             arch=record.arch,
+            host_os=self.host_os,
         )
 
     def start(self, record: VMRecord, progress: Progress) -> None:
         if self._pid(record) is not None:
             return
         f = record.files
-        for stale in (f.qmp, f.pid):
+        for stale in (f.qmp, f.pid, f.qemu_log):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
         self._check_box(record)
         binary = find_qemu(record.arch)
+        detached = self.host_os == "win32"
         # Another program can take the chosen port between the check and QEMU's bind; try again.
         assert record.ssh is not None
         for attempt in range(3):
@@ -135,10 +154,17 @@ class QemuProvider:
             # Recorded before QEMU runs: a vmkit killed right after the launch must not leave
             # a record whose port no QEMU listens on (a VM "starting" forever).
             record.ssh = attrs.evolve(record.ssh, port=port)
+            record.extra.pop(TCP_PORT_KEY, None)
+            if detached:
+                record.extra[TCP_PORT_KEY] = _another_port(port)
             state.save(record)
             progress(f"starting QEMU ({record.extra.get('accel', 'tcg')}), SSH on 127.0.0.1:{port}")
+            argv = build_argv(binary, self._config(record, port))
             try:
-                run(build_argv(binary, self._config(record, port)), timeout=60, rules=QEMU_RULES)
+                if detached:
+                    self._spawn(record, argv)
+                else:
+                    run(argv, timeout=START_TIMEOUT, rules=QEMU_RULES)
             except PortInUse:
                 if attempt == 2:
                     raise
@@ -146,8 +172,31 @@ class QemuProvider:
             break
         # QEMU makes its monitor socket with the default umask; whoever can connect to it
         # owns the VM (and the VM folder is 0700 already).
-        with contextlib.suppress(FileNotFoundError):
-            f.qmp.chmod(0o600)
+        if not detached:
+            with contextlib.suppress(FileNotFoundError):
+                f.qmp.chmod(0o600)
+
+    def _spawn(self, record: VMRecord, argv: list[str]) -> None:
+        """Start QEMU detached and return once its monitor answers; its startup errors (read
+        from ``qemu.log``) are raised as ``run`` would raise them for a daemonizing QEMU."""
+        log = record.files.qemu_log
+        proc = spawn(argv, log=log)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            code = proc.poll()
+            if code is not None:
+                output = log.read_text(errors="replace") if log.exists() else ""
+                result = Result(argv, code, "", output, 0.0)
+                raise classify(result, QEMU_RULES) or CommandFailed(result)
+            with contextlib.suppress(QMPError), QMP.for_vm(record, timeout=2) as q:
+                q.execute("query-status")
+                return
+            if time.monotonic() > deadline:
+                proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(5)
+                raise CommandTimeout(argv, START_TIMEOUT, hint=f"QEMU's output: {log}")
+            time.sleep(0.1)
 
     def _check_box(self, record: VMRecord) -> None:
         """Refuse to boot an overlay whose base box was rebuilt: its blocks would not match."""
@@ -173,13 +222,13 @@ class QemuProvider:
         pid = self._pid(record)
         if pid is None:
             return
-        marker = str(record.files.qmp)
+        marker = str(record.files.pid)
         if not force:
-            with contextlib.suppress(QMPError), QMP(record.files.qmp) as q:
+            with contextlib.suppress(QMPError), QMP.for_vm(record) as q:
                 q.execute("system_powerdown")
             if procs.wait_gone(pid, timeout):
                 return
-        with contextlib.suppress(QMPError), QMP(record.files.qmp, timeout=3) as q:
+        with contextlib.suppress(QMPError), QMP.for_vm(record, timeout=3) as q:
             q.execute("quit")
         if not procs.wait_gone(pid, 5):
             procs.terminate(pid, marker)
@@ -201,7 +250,7 @@ class QemuProvider:
                 return Status(VMState.BROKEN, "disk missing", (f"{f.disk} does not exist",))
             return Status(VMState.STOPPED)
         try:
-            with QMP(f.qmp, timeout=5) as q:
+            with QMP.for_vm(record, timeout=5) as q:
                 qs = q.execute("query-status")
         except QMPError as e:
             return Status(
@@ -221,9 +270,10 @@ class QemuProvider:
         return Status(VMState.BROKEN, f"QEMU reports {run_state}", (run_state,), pid)
 
     def _pid(self, record: VMRecord) -> int | None:
-        """QEMU's pid if the process named in the pid file is this VM's QEMU."""
+        """QEMU's pid if the process named in the pid file is this VM's QEMU (whose command
+        line names that pid file)."""
         pid = procs.read_pid(record.files.pid)
-        return pid if procs.alive(pid, str(record.files.qmp)) else None
+        return pid if procs.alive(pid, str(record.files.pid)) else None
 
     # -- mechanisms -----------------------------------------------------------------------
 
@@ -242,6 +292,13 @@ class QemuProvider:
         from vmkit.providers.qemu.hostfwd import HostFwd
 
         return [HostFwd(record), SSHTunnel(record, ssh)]
+
+
+def _another_port(taken: int) -> int:
+    """A free port of 127.0.0.1 other than ``taken``."""
+    while (port := free_port()) == taken:
+        pass
+    return port
 
 
 def _path(record: VMRecord, key: str) -> Path:

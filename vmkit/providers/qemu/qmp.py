@@ -8,6 +8,10 @@ QEMU's monitor serves one client at a time: a second one waits, unanswered, unti
 disconnects. So a connection holds the VM's ``qmp.lock`` (a file lock beside the socket) from
 connect to close, and vmkit processes queue for it instead of timing out on a monitor that is
 busy with another's ``device_del`` (which waits seconds for the guest).
+
+The monitor is a unix socket in the VM's folder, or, for a QEMU that runs on Windows (where
+Python cannot reach a unix socket), a TCP port on 127.0.0.1: ``QMP.for_vm`` picks the one the
+VM was started with.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from filelock import FileLock, Timeout
 from qemu.qmp import ConnectError, ExecuteError, QMPClient
@@ -25,6 +29,9 @@ from qemu.qmp.error import QMPError as _LibQMPError
 from vmkit.errors import QMPError
 from vmkit.home import InstanceFiles
 
+if TYPE_CHECKING:
+    from vmkit.state import VMRecord
+
 T = TypeVar("T")
 
 #: How long a vmkit process waits for another one's monitor session (a ``device_del`` that
@@ -32,19 +39,50 @@ T = TypeVar("T")
 LOCK_WAIT = 60.0
 
 
+#: The ``extra`` key of a VM record whose monitor is a TCP port of 127.0.0.1.
+TCP_PORT_KEY = "qmp_port"
+
+
 class QMP:
-    """A connection to one QEMU monitor socket. Use as a context manager."""
+    """A connection to one QEMU monitor. Use as a context manager.
+
+    ``address`` is the monitor's unix socket (its folder holds the lock), or a TCP port on
+    127.0.0.1 with ``lock`` naming the lock file.
+    """
 
     def __init__(
-        self, socket: Path, *, timeout: float = 10.0, lock_wait: float = LOCK_WAIT
+        self,
+        address: Path | int,
+        *,
+        lock: Path | None = None,
+        timeout: float = 10.0,
+        lock_wait: float = LOCK_WAIT,
     ) -> None:
-        self.socket = socket
+        if lock is None:
+            if not isinstance(address, Path):
+                raise TypeError("a monitor on a TCP port needs its lock file")
+            lock = InstanceFiles(address.parent).qmp_lock
+        self.address = address
         self.timeout = timeout
         self.lock_wait = lock_wait
-        self._lock = FileLock(str(InstanceFiles(socket.parent).qmp_lock))
+        self._lock = FileLock(str(lock))
         self._loop = asyncio.new_event_loop()
-        self._client = QMPClient(f"vmkit:{socket.parent.name}")
+        self._client = QMPClient(f"vmkit:{lock.parent.name}")
         self._listener: Any = None
+
+    @classmethod
+    def for_vm(cls, record: VMRecord, *, timeout: float = 10.0) -> QMP:
+        """The monitor of VM ``record``, where it was started with it."""
+        files = record.files
+        port = record.extra.get(TCP_PORT_KEY)
+        if port:
+            return cls(int(str(port)), lock=files.qmp_lock, timeout=timeout)
+        return cls(files.qmp, timeout=timeout)
+
+    def __str__(self) -> str:
+        if isinstance(self.address, Path):
+            return str(self.address)
+        return f"127.0.0.1:{self.address}"
 
     def _sync(self, coro: Coroutine[Any, Any, T], *, timeout: float | None, sent: Any = None) -> T:
         try:
@@ -58,28 +96,29 @@ class QMP:
         except TimeoutError as e:
             raise QMPError(f"QEMU's monitor did not answer within {timeout:g} s", sent=sent) from e
         except ConnectError as e:
-            raise QMPError(
-                f"cannot connect to QEMU's monitor at {self.socket}: {e}", sent=sent
-            ) from e
+            raise QMPError(f"cannot connect to QEMU's monitor at {self}: {e}", sent=sent) from e
         except (_LibQMPError, OSError, EOFError) as e:
             raise QMPError(f"QEMU's monitor failed: {e}", sent=sent) from e
 
     def connect(self) -> QMP:
-        if not self.socket.exists():
+        if isinstance(self.address, Path) and not self.address.exists():
             raise QMPError(
-                f"QEMU's monitor socket {self.socket} does not exist (is the VM running?)"
+                f"QEMU's monitor socket {self.address} does not exist (is the VM running?)"
             )
         try:
             self._lock.acquire(timeout=self.lock_wait)
         except Timeout as e:
             raise QMPError(
-                f"QEMU's monitor at {self.socket} is busy: another vmkit command has used it "
+                f"QEMU's monitor at {self} is busy: another vmkit command has used it "
                 f"for over {self.lock_wait:g} s",
                 sent="connect",
                 hint="try again in a moment",
             ) from e
         try:
-            self._sync(self._client.connect(str(self.socket)), timeout=self.timeout, sent="connect")
+            where = (
+                str(self.address) if isinstance(self.address, Path) else ("127.0.0.1", self.address)
+            )
+            self._sync(self._client.connect(where), timeout=self.timeout, sent="connect")
         except BaseException:
             self._lock.release()
             raise

@@ -68,7 +68,7 @@ class VirtioFS:
     name: str = "virtiofs"
 
     def _qmp(self) -> QMP:
-        return QMP(self.record.files.qmp)
+        return QMP.for_vm(self.record)
 
     def check(self) -> None:
         find_virtiofsd()
