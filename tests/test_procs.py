@@ -149,4 +149,4 @@ def test_no_code_reads_the_hosts_proc_outside_linux_only_modules() -> None:
     virt = (VMKIT / "host" / "virt.py").read_text(encoding="utf-8")
     assert "Linux only" in virt
     jail = (VMKIT / "agent" / "sftpjail.py").read_text(encoding="utf-8")
-    assert 'if sys.platform == "linux" else fd' in jail
+    assert 'if sys.platform == "linux" and isinstance(file, int):' in jail
