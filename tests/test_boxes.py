@@ -449,8 +449,11 @@ def test_the_initrd_and_the_boot_time_units_are_in_the_recipe() -> None:
     # The words vmkit's boot diagnosis quotes when the root disk is missing.
     assert "ALERT! $root does not exist" in text and "switch_root /root /sbin/init" in text
     hook = (RECIPE / "hooks" / "customize10-initrd").read_text()
-    assert all(f"group {g} " in hook for g in ("virtio", "mmio", "ahci", "ide", "ext4"))
+    assert all(f"group {g} " in hook for g in ("virtio", "net", "mmio", "ahci", "ide", "ext4"))
     customize = (RECIPE / "hooks" / "customize00-vmkit").read_text()
-    assert "systemctl enable docker.socket" in customize
-    assert "disable docker.service containerd.service" in customize
+    assert "systemctl enable docker.service containerd.service docker.socket" in customize
+    # dockerd and containerd start at boot, but never before sshd listens.
+    for unit in ("docker.service", "containerd.service"):
+        dropin = RECIPE / "rootfs" / "etc" / "systemd" / "system" / f"{unit}.d" / "vmkit.conf"
+        assert "After=ssh.service" in dropin.read_text()
     assert "set-default multi-user.target" in customize

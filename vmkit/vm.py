@@ -279,10 +279,16 @@ class VM:
             return console.kernel_started(log_path)
 
         def banner() -> bool:
+            # The banner first, the VM's state only while it is missing: the state check reads
+            # the banner too, and under QEMU's user networking every connection made before the
+            # guest's network is up reaches sshd seconds later anyway (slirp retries the SYN),
+            # each one a forked sshd competing with the boot.
+            if read_banner(ep.host, ep.port, timeout=3) is not None:
+                return True
             process()
             if console.read(log_path).stopped:  # a panicked kernel will not get any further
                 raise stuck(console.WAITING_FOR_SSH)(0)
-            return read_banner(ep.host, ep.port, timeout=3) is not None
+            return False
 
         def login() -> bool:
             try:
