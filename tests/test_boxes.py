@@ -127,9 +127,10 @@ def test_recipe_hooks_are_executable_and_guest_files_keep_the_contract() -> None
     assert "NOPASSWD: ALL" in (rootfs / "etc/sudoers.d/vmkit").read_text()
     assert "LABEL=vmkit-root" in (rootfs / "etc/fstab").read_text()
     assert "Name=eth* en*" in (rootfs / "etc/systemd/network/80-vmkit-dhcp.network").read_text()
+    # The initrd installs the seed's identity; the unit only makes a key when there was none.
     seed_unit = (rootfs / "etc/systemd/system/vmkit-seed.service").read_text()
-    assert "Before=ssh.service" in seed_unit
-    assert os.access(rootfs / "usr/local/sbin/vmkit-seed", os.X_OK)
+    assert "Before=ssh.service" in seed_unit and "ssh-keygen -A" in seed_unit
+    assert os.access(RECIPE / "initrd" / "seed", os.X_OK)
     # No host keys or authorized keys are ever part of the recipe.
     assert not list(rootfs.rglob("ssh_host_*")) and not list(rootfs.rglob("authorized_keys"))
 
