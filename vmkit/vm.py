@@ -299,9 +299,10 @@ class VM:
             return True
 
         def dockerd() -> bool:
-            # A socket-activated dockerd (vmkit-mini) starts at this first call, which waits for
-            # it, and one restarting containers under TCG can take long too: a call that does
-            # not finish in time means "not yet"; the probe's own deadline and hint still apply.
+            # vmkit-mini's dockerd starts right after sshd (recipe 3) or at this first call
+            # (recipe 2, socket-activated), and the call waits for it; one restarting containers
+            # under TCG can take long too: a call that does not finish in time means "not yet";
+            # the probe's own deadline and hint still apply.
             try:
                 return self.run(
                     ["docker", "info", "--format", "{{.ServerVersion}}"], check=False, timeout=60
