@@ -127,9 +127,10 @@ def test_recipe_hooks_are_executable_and_guest_files_keep_the_contract() -> None
     assert "NOPASSWD: ALL" in (rootfs / "etc/sudoers.d/vmkit").read_text()
     assert "LABEL=vmkit-root" in (rootfs / "etc/fstab").read_text()
     assert "Name=eth* en*" in (rootfs / "etc/systemd/network/80-vmkit-dhcp.network").read_text()
+    # The initrd installs the seed's identity; the unit only makes a key when there was none.
     seed_unit = (rootfs / "etc/systemd/system/vmkit-seed.service").read_text()
-    assert "Before=ssh.service" in seed_unit
-    assert os.access(rootfs / "usr/local/sbin/vmkit-seed", os.X_OK)
+    assert "Before=ssh.service" in seed_unit and "ssh-keygen -A" in seed_unit
+    assert os.access(RECIPE / "initrd" / "seed", os.X_OK)
     # No host keys or authorized keys are ever part of the recipe.
     assert not list(rootfs.rglob("ssh_host_*")) and not list(rootfs.rglob("authorized_keys"))
 
@@ -449,8 +450,11 @@ def test_the_initrd_and_the_boot_time_units_are_in_the_recipe() -> None:
     # The words vmkit's boot diagnosis quotes when the root disk is missing.
     assert "ALERT! $root does not exist" in text and "switch_root /root /sbin/init" in text
     hook = (RECIPE / "hooks" / "customize10-initrd").read_text()
-    assert all(f"group {g} " in hook for g in ("virtio", "mmio", "ahci", "ide", "ext4"))
+    assert all(f"group {g} " in hook for g in ("virtio", "net", "mmio", "ahci", "ide", "ext4"))
     customize = (RECIPE / "hooks" / "customize00-vmkit").read_text()
-    assert "systemctl enable docker.socket" in customize
-    assert "disable docker.service containerd.service" in customize
+    assert "systemctl enable docker.service containerd.service docker.socket" in customize
+    # dockerd and containerd start at boot, but never before sshd listens.
+    for unit in ("docker.service", "containerd.service"):
+        dropin = RECIPE / "rootfs" / "etc" / "systemd" / "system" / f"{unit}.d" / "vmkit.conf"
+        assert "After=ssh.service" in dropin.read_text()
     assert "set-default multi-user.target" in customize

@@ -279,10 +279,16 @@ class VM:
             return console.kernel_started(log_path)
 
         def banner() -> bool:
+            # The banner first, the VM's state only while it is missing: the state check reads
+            # the banner too, and under QEMU's user networking every connection made before the
+            # guest's network is up reaches sshd seconds later anyway (slirp retries the SYN),
+            # each one a forked sshd competing with the boot.
+            if read_banner(ep.host, ep.port, timeout=3) is not None:
+                return True
             process()
             if console.read(log_path).stopped:  # a panicked kernel will not get any further
                 raise stuck(console.WAITING_FOR_SSH)(0)
-            return read_banner(ep.host, ep.port, timeout=3) is not None
+            return False
 
         def login() -> bool:
             try:
@@ -293,9 +299,10 @@ class VM:
             return True
 
         def dockerd() -> bool:
-            # A socket-activated dockerd (vmkit-mini) starts at this first call, which waits for
-            # it, and one restarting containers under TCG can take long too: a call that does
-            # not finish in time means "not yet"; the probe's own deadline and hint still apply.
+            # vmkit-mini's dockerd starts right after sshd (recipe 3) or at this first call
+            # (recipe 2, socket-activated), and the call waits for it; one restarting containers
+            # under TCG can take long too: a call that does not finish in time means "not yet";
+            # the probe's own deadline and hint still apply.
             try:
                 return self.run(
                     ["docker", "info", "--format", "{{.ServerVersion}}"], check=False, timeout=60

@@ -13,7 +13,7 @@ The phases, in order (each ends where the next begins):
 - ``initrd``: to systemd starting on the real root (absent without an initrd);
 - ``init to sshd``: to sshd listening (ssh.service or ssh.socket active);
 - ``sshd to login``: to the first accepted SSH login of this boot;
-- ``dockerd``: docker.service from starting to active (socket-activated: at first use).
+- ``dockerd``: docker.service from starting to active (at boot, or at first use if socket-activated).
 
 ``kernel floor`` is the point nothing can beat: the kernel starting init.
 """

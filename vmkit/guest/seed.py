@@ -8,8 +8,8 @@ the host by ``mkfs.ext4 -d`` (no root, no loop mount). It holds:
   pins it before the first connection;
 - ``hostname``.
 
-In the guest, ``vmkit-seed.service`` (boxes/vmkit-mini/rootfs/usr/local/sbin/vmkit-seed)
-mounts it read-only before sshd starts, every boot, and installs the files. A raw image is
+In the guest, vmkit-mini's initrd (boxes/vmkit-mini/initrd/seed) mounts it read-only before
+systemd starts, every boot, and installs the files. A raw image is
 also what ``qemu-img convert -O vdi`` turns into a VirtualBox disk.
 """
 
