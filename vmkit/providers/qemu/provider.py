@@ -141,7 +141,7 @@ class QemuProvider:
         if self._pid(record) is not None:
             return
         f = record.files
-        for stale in (f.qmp, f.pid, f.qemu_log):
+        for stale in (f.qmp, f.pid):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
         self._check_box(record)
@@ -180,6 +180,8 @@ class QemuProvider:
         """Start QEMU detached and return once its monitor answers; its startup errors (read
         from ``qemu.log``) are raised as ``run`` would raise them for a daemonizing QEMU."""
         log = record.files.qemu_log
+        with contextlib.suppress(FileNotFoundError):
+            log.unlink()  # only this attempt's output is read for its error
         proc = spawn(argv, log=log)
         deadline = time.monotonic() + START_TIMEOUT
         while True:
