@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import vmkit.vm as api
+from vmkit import state
 from vmkit.errors import HardwareVirtualizationUnavailable, PortInUse
 from vmkit.host import procs
 from vmkit.host.netutil import free_port, read_banner
@@ -17,6 +18,7 @@ from vmkit.providers.base import VMState
 from vmkit.providers.qemu import QemuProvider
 from vmkit.providers.qemu import provider as qemu_provider
 from vmkit.providers.qemu.qmp import TCP_PORT_KEY
+from vmkit.state import SSHEndpoint, VMRecord
 
 
 @pytest.fixture
@@ -88,9 +90,6 @@ def test_a_detached_qemu_that_exits_at_once_raises_its_known_error(
     daemonizing QEMU (a busy port is retried, then reported)."""
     exe = _fake_qemu(tmp_path, f'echo "{output}" >&2\nexit 1\n')
     monkeypatch.setattr(qemu_provider, "find_qemu", lambda arch: exe)
-    from vmkit import state
-    from vmkit.state import SSHEndpoint, VMRecord
-
     state.new_folder("w")
     rec = VMRecord(
         name="w",

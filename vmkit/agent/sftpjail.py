@@ -176,10 +176,10 @@ class JailedSFTP(paramiko.SFTPServerInterface):
                 if _is_link(os.stat(name, dir_fd=d, follow_symlinks=False)):
                     raise _Refused(path)
                 if d is None:
-                    return _listing(name, None)
+                    return _listing(name)
                 fd = os.open(name, _LIST, dir_fd=d)
             try:
-                return _listing(fd, fd)
+                return _listing(fd)
             finally:
                 os.close(fd)
 
@@ -322,15 +322,17 @@ def _is_link(st: os.stat_result) -> bool:
     return stat.S_ISLNK(st.st_mode)
 
 
-def _listing(folder: int | str, dir_fd: int | None) -> list[paramiko.SFTPAttributes]:
-    """The entries of ``folder`` (a descriptor, or a checked path with ``dir_fd`` None)."""
+def _listing(folder: int | str) -> list[paramiko.SFTPAttributes]:
+    """The entries of ``folder``: a directory descriptor, or a checked path."""
     with os.scandir(folder) as it:
         names = [e.name for e in it]
     out = []
     for name in names:
         with contextlib.suppress(FileNotFoundError):
-            where = name if dir_fd is not None else os.path.join(str(folder), name)
-            st = os.stat(where, dir_fd=dir_fd, follow_symlinks=False)
+            if isinstance(folder, int):
+                st = os.stat(name, dir_fd=folder, follow_symlinks=False)
+            else:
+                st = os.lstat(os.path.join(folder, name))
             out.append(paramiko.SFTPAttributes.from_stat(st, name))
     return out
 

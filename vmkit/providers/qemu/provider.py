@@ -29,7 +29,7 @@ from vmkit.host.runner import ErrorRule, Result, classify, run, spawn, which
 from vmkit.progress import Progress
 from vmkit.providers.base import Capabilities, Status, VMState
 from vmkit.providers.qemu.argv import QemuConfig, build_argv
-from vmkit.providers.qemu.qmp import QMP, TCP_PORT_KEY
+from vmkit.providers.qemu.qmp import QMP, TCP_PORT_KEY, monitor_address
 
 if TYPE_CHECKING:
     from vmkit.guest.ssh import SSHSession
@@ -118,7 +118,6 @@ class QemuProvider:
 
     def _config(self, record: VMRecord, ssh_port: int) -> QemuConfig:
         f = record.files
-        tcp = record.extra.get(TCP_PORT_KEY)
         return QemuConfig(
             name=record.name,
             cpus=record.cpus,
@@ -130,7 +129,7 @@ class QemuProvider:
             disk=f.disk,
             seed=f.seed,
             ssh_port=ssh_port,
-            qmp=int(str(tcp)) if tcp else f.qmp,
+            qmp=monitor_address(record),
             pidfile=f.pid,
             serial_log=f.serial_log,
             arch=record.arch,

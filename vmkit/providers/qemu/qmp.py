@@ -43,6 +43,13 @@ LOCK_WAIT = 60.0
 TCP_PORT_KEY = "qmp_port"
 
 
+def monitor_address(record: VMRecord) -> Path | int:
+    """Where VM ``record``'s monitor listens: the TCP port it was started with, else its
+    unix socket."""
+    port = record.extra.get(TCP_PORT_KEY)
+    return int(str(port)) if port else record.files.qmp
+
+
 class QMP:
     """A connection to one QEMU monitor. Use as a context manager.
 
@@ -73,11 +80,7 @@ class QMP:
     @classmethod
     def for_vm(cls, record: VMRecord, *, timeout: float = 10.0) -> QMP:
         """The monitor of VM ``record``, where it was started with it."""
-        files = record.files
-        port = record.extra.get(TCP_PORT_KEY)
-        if port:
-            return cls(int(str(port)), lock=files.qmp_lock, timeout=timeout)
-        return cls(files.qmp, timeout=timeout)
+        return cls(monitor_address(record), lock=record.files.qmp_lock, timeout=timeout)
 
     def __str__(self) -> str:
         if isinstance(self.address, Path):
