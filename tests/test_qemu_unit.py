@@ -13,7 +13,12 @@ import pytest
 from vmkit import state
 from vmkit.errors import ProviderError, QMPError
 from vmkit.providers.qemu import QemuProvider
-from vmkit.providers.qemu.argv import QemuConfig, build_argv
+from vmkit.providers.qemu.argv import (
+    QemuConfig,
+    build_argv,
+    parse_qemu_version,
+    tcg_keeps_aslr,
+)
 from vmkit.providers.qemu.hostfwd import parse_usernet
 from vmkit.providers.qemu.qmp import QMP
 from vmkit.state import VMRecord
@@ -52,6 +57,38 @@ def test_argv_tcg(tmp_path: Path) -> None:
 def test_argv_kvm(tmp_path: Path) -> None:
     argv = build_argv("qemu-system-x86_64", config(tmp_path, "kvm"))
     assert argv[argv.index("-accel") + 1] == "kvm" and argv[argv.index("-cpu") + 1] == "host"
+
+
+def test_norandmaps_only_where_asked(tmp_path: Path) -> None:
+    assert opt(build_argv("qemu-system-x86_64", config(tmp_path)), "-append") == (
+        "root=LABEL=vmkit-root rw"
+    )
+    off = attrs.evolve(config(tmp_path), aslr=False)
+    assert opt(build_argv("qemu-system-x86_64", off), "-append").endswith(" norandmaps")
+
+
+@pytest.mark.parametrize(
+    ("arch", "version", "keeps"),
+    [
+        ("amd64", (7, 2), False),
+        ("i386", (7, 2), False),
+        ("amd64", (8, 0), True),
+        ("amd64", (9, 1), True),
+        ("arm64", (7, 2), True),
+        ("amd64", None, True),
+    ],
+)
+def test_tcg_drops_aslr_only_where_qemu_retranslates(
+    arch: str, version: tuple[int, int] | None, keeps: bool
+) -> None:
+    assert tcg_keeps_aslr(arch, version) is keeps
+
+
+def test_parse_qemu_version() -> None:
+    debian = "QEMU emulator version 7.2.19 (Debian 1:7.2+dfsg-7+deb12u16)\nCopyright (c) 2003"
+    assert parse_qemu_version(debian) == (7, 2)
+    assert parse_qemu_version("QEMU emulator version 10.1.0") == (10, 1)
+    assert parse_qemu_version("usage: fake") is None
 
 
 def opt(argv: list[str], flag: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 import pytest
 
-from tests.vmfixtures import SESSION_VM, vmkit_cli
+from tests.vmfixtures import SESSION_DISK_GIB, SESSION_VM, vmkit_cli
 from vmkit import state
 from vmkit.errors import HostKeyMismatch
 from vmkit.guest.ssh import SSHSession
@@ -77,6 +77,12 @@ def test_a_different_host_key_is_refused(vm: Any) -> None:
         SSHSession(attrs.evolve(vm.record.ssh, host_key=other)) as s,
     ):
         s.run(["true"])
+
+
+def test_root_file_system_fills_a_disk_larger_than_the_box(vm: Any) -> None:
+    # The box's image is 8 GiB; vmkit-growfs.service grew it to the VM's disk at boot.
+    size = int(vm.run(["df", "-B1", "--output=size", "/"]).stdout.split()[-1])
+    assert size > (SESSION_DISK_GIB - 0.5) * 2**30
 
 
 def test_dockerd_answers(vm: Any) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 SESSION_VM = "vmtest"
+SESSION_DISK_GIB = 10
 
 # Makes a tiny Docker image from the guest's static busybox: no registry needed.
 BUSYBOX_IMAGE = "vmkit-test/busybox"
@@ -38,7 +39,8 @@ def _session_vm(vm_home: Path) -> Iterator[object]:
     old = os.environ.get("VMKIT_HOME")
     os.environ["VMKIT_HOME"] = str(vm_home)
     try:
-        vm = api.up(SESSION_VM, memory=1024, cpus=2)
+        # A disk larger than the box's 8 GiB image: the guest grows its root file system.
+        vm = api.up(SESSION_VM, memory=1024, cpus=2, disk=SESSION_DISK_GIB)
         vm.run(["sh", "-c", _MAKE_BUSYBOX], timeout=120)
         yield vm
         vm.destroy()

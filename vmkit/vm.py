@@ -232,10 +232,15 @@ class VM:
         self, *, progress: Progress = no_progress, timeout: float = 300, docker: bool = True
     ) -> dict[str, float]:
         """Wait through the boot probes (kernel → process → SSH banner → login → dockerd)."""
-        reached = wait_for(self._probes(docker=docker), timeout=timeout, progress=progress)
+        pids: list[int] = []
+        reached = wait_for(
+            self._probes(docker=docker, pids=pids), timeout=timeout, progress=progress
+        )
         with state.locked(self.name):
             self.reload()
-            pid = self.status().pid
+            # The process the probes watched; asking the provider again would cost the booting
+            # guest one more sshd (QEMU's status reads the SSH banner).
+            pid = pids[-1] if pids else self.status().pid
             if pid is not None and self.record.extra.get("ready_pid") != pid:
                 self.record.extra["ready_pid"] = pid
                 state.save(self.record)
@@ -260,12 +265,15 @@ class VM:
             lambda: procs.age(pid),
         )
 
-    def _probes(self, *, docker: bool) -> list[Probe]:
+    def _probes(self, *, docker: bool, pids: list[int]) -> list[Probe]:
+        """The boot's probes, in order; ``pids`` gets the hypervisor process each check saw."""
         ep = self._endpoint()
         log_path = self.record.files.serial_log
 
         def process() -> bool:
             st = self.status()
+            if st.pid is not None:
+                pids.append(st.pid)
             if st.state in (VMState.STOPPED, VMState.BROKEN):
                 tail = _tail(log_path, 5)
                 raise VMNotRunning(
@@ -333,7 +341,14 @@ class VM:
 
             probes.append(Probe("the kernel", kernel, "", limit=limit, failure=silent))
         probes += [
-            Probe("the SSH banner", banner, "", failure=stuck(console.WAITING_FOR_SSH)),
+            # Retried often: until sshd listens, the guest refuses a connection at once.
+            Probe(
+                "the SSH banner",
+                banner,
+                "",
+                failure=stuck(console.WAITING_FOR_SSH),
+                max_wait=0.25,
+            ),
             Probe("SSH login", login, "", failure=stuck(console.WAITING_FOR_LOGIN)),
         ]
         # Only vmkit's own box is known to run dockerd; other machines may have none.

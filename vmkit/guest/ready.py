@@ -18,7 +18,8 @@ class Probe:
 
     ``limit`` bounds this step alone (seconds from when it starts), inside the overall timeout;
     ``failure`` makes the error raised when the step runs out of time, from the seconds since
-    the wait began (default: ``BootTimeout`` with ``hint``).
+    the wait began (default: ``BootTimeout`` with ``hint``). Retries back off from 0.1 s to
+    ``max_wait`` seconds.
     """
 
     name: str
@@ -26,6 +27,7 @@ class Probe:
     hint: str
     limit: float | None = None
     failure: Callable[[float], VmkitError] | None = None
+    max_wait: float = 1.0
 
 
 def wait_for(probes: Sequence[Probe], *, timeout: float, progress: Progress) -> dict[str, float]:
@@ -43,7 +45,7 @@ def wait_for(probes: Sequence[Probe], *, timeout: float, progress: Progress) -> 
             left = min(left, probe.limit)
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_delay(left),
-            wait=tenacity.wait_exponential(multiplier=0.1, max=1.0),
+            wait=tenacity.wait_exponential(multiplier=0.1, max=probe.max_wait),
             retry=tenacity.retry_if_result(lambda ok: ok is False),
             reraise=True,
         )

@@ -20,6 +20,7 @@ from vmkit.errors import (
     PortInUse,
     ProviderError,
     QMPError,
+    ToolError,
     VmkitError,
 )
 from vmkit.host import procs, signals
@@ -28,7 +29,7 @@ from vmkit.host.netutil import free_port, read_banner
 from vmkit.host.runner import ErrorRule, Result, classify, run, spawn, which
 from vmkit.progress import Progress
 from vmkit.providers.base import Capabilities, Status, VMState
-from vmkit.providers.qemu.argv import QemuConfig, build_argv
+from vmkit.providers.qemu.argv import QemuConfig, build_argv, parse_qemu_version, tcg_keeps_aslr
 from vmkit.providers.qemu.qmp import QMP, TCP_PORT_KEY, monitor_address
 
 if TYPE_CHECKING:
@@ -116,13 +117,14 @@ class QemuProvider:
             cmdline=box.cmdline,
         )
 
-    def _config(self, record: VMRecord, ssh_port: int) -> QemuConfig:
+    def _config(self, record: VMRecord, ssh_port: int, binary: str) -> QemuConfig:
         f = record.files
+        accel = str(record.extra.get("accel", "tcg"))
         return QemuConfig(
             name=record.name,
             cpus=record.cpus,
             memory=record.memory,
-            accel=str(record.extra.get("accel", "tcg")),
+            accel=accel,
             kernel=_path(record, "kernel"),
             initrd=_path(record, "initrd"),
             cmdline=str(record.extra["cmdline"]),
@@ -134,6 +136,7 @@ class QemuProvider:
             serial_log=f.serial_log,
             arch=record.arch,
             host_os=self.host_os,
+            aslr=accel != "tcg" or tcg_keeps_aslr(record.arch, _qemu_version(binary)),
         )
 
     def start(self, record: VMRecord, progress: Progress) -> None:
@@ -158,7 +161,7 @@ class QemuProvider:
                 record.extra[TCP_PORT_KEY] = _another_port(port)
             state.save(record)
             progress(f"starting QEMU ({record.extra.get('accel', 'tcg')}), SSH on 127.0.0.1:{port}")
-            argv = build_argv(binary, self._config(record, port))
+            argv = build_argv(binary, self._config(record, port, binary))
             try:
                 if detached:
                     self._spawn(record, argv)
@@ -309,3 +312,11 @@ def _path(record: VMRecord, key: str) -> Path:
             f"VM {record.name!r} has no {key} recorded", hint="destroy and recreate it"
         )
     return Path(str(value))
+
+
+def _qemu_version(binary: str) -> tuple[int, int] | None:
+    """The (major, minor) version of the QEMU ``binary``; None if it does not say."""
+    try:
+        return parse_qemu_version(run([binary, "--version"], timeout=10).stdout)
+    except ToolError:
+        return None
