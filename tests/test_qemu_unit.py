@@ -59,12 +59,18 @@ def test_argv_kvm(tmp_path: Path) -> None:
     assert argv[argv.index("-accel") + 1] == "kvm" and argv[argv.index("-cpu") + 1] == "host"
 
 
-def test_norandmaps_only_where_asked(tmp_path: Path) -> None:
-    assert opt(build_argv("qemu-system-x86_64", config(tmp_path)), "-append") == (
-        "root=LABEL=vmkit-root rw"
+def test_kernel_cmdline_adds_only_what_the_machine_needs(tmp_path: Path) -> None:
+    x86 = config(tmp_path)
+    assert opt(build_argv("qemu-system-x86_64", x86), "-append") == (
+        "root=LABEL=vmkit-root rw acpi=noirq"
     )
-    off = attrs.evolve(config(tmp_path), aslr=False)
-    assert opt(build_argv("qemu-system-x86_64", off), "-append").endswith(" norandmaps")
+    off = attrs.evolve(x86, aslr=False)
+    assert opt(build_argv("qemu-system-x86_64", off), "-append").split()[-2:] == [
+        "acpi=noirq",
+        "norandmaps",
+    ]
+    arm = attrs.evolve(x86, arch="arm64")
+    assert opt(build_argv("qemu-system-aarch64", arm), "-append") == "root=LABEL=vmkit-root rw"
 
 
 @pytest.mark.parametrize(
