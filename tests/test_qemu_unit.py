@@ -12,7 +12,9 @@ import pytest
 
 from vmkit import state
 from vmkit.errors import ProviderError, QMPError
+from vmkit.providers.base import VMState
 from vmkit.providers.qemu import QemuProvider
+from vmkit.providers.qemu import provider as provider_mod
 from vmkit.providers.qemu.argv import (
     QemuConfig,
     build_argv,
@@ -21,7 +23,7 @@ from vmkit.providers.qemu.argv import (
 )
 from vmkit.providers.qemu.hostfwd import parse_usernet
 from vmkit.providers.qemu.qmp import QMP
-from vmkit.state import VMRecord
+from vmkit.state import SSHEndpoint, VMRecord
 
 
 def config(tmp_path: Path, accel: str = "tcg") -> QemuConfig:
@@ -253,3 +255,41 @@ def test_virtiofs_with_every_root_port_taken_says_qemus_error() -> None:
     with pytest.raises(QMPError, match="not available"):
         VirtioFS(record, lambda: None)._device_add(monitor, "tag1")  # type: ignore[arg-type]
     assert len(monitor.sent) == 4
+
+
+def test_status_asks_the_guest_only_when_told(
+    vmkit_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Running:
+        def __enter__(self) -> Running:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def execute(self, cmd: str) -> dict[str, str]:
+            assert cmd == "query-status"
+            return {"status": "running"}
+
+    banners: list[int] = []
+
+    def read_banner(host: str, port: int, timeout: float) -> str:
+        banners.append(port)
+        return "SSH-2.0-OpenSSH_9.2p1"
+
+    monkeypatch.setattr(provider_mod, "read_banner", read_banner)
+    monkeypatch.setattr(provider_mod.QMP, "for_vm", lambda record, timeout: Running())
+    monkeypatch.setattr(QemuProvider, "_pid", lambda self, record: 4242)
+    state.new_folder("booting")
+    rec = VMRecord(
+        name="booting",
+        provider="qemu",
+        box="vmkit-mini",
+        ssh=SSHEndpoint("127.0.0.1", 2222, "vmkit", "k", "ssh-ed25519 AAAA"),
+    )
+    state.save(rec)
+    # A boot probe connects itself: the hypervisor's word only, no connection to the guest.
+    quiet = QemuProvider().status(rec, ask_guest=False)
+    assert (quiet.state, quiet.pid, banners) == (VMState.STARTING, 4242, [])
+    assert QemuProvider().status(rec).state is VMState.RUNNING
+    assert banners == [2222]

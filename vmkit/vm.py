@@ -105,11 +105,11 @@ class VM:
 
     # -- state ----------------------------------------------------------------------------
 
-    def status(self) -> Status:
-        """The real state, from the hypervisor."""
+    def status(self, *, ask_guest: bool = True) -> Status:
+        """The real state, from the hypervisor (``Provider.status`` tells what ``ask_guest`` does)."""
         if not self.record.provider:
             return Status(VMState.BROKEN, "creation did not finish", ("no VM record",))
-        st = self.provider.status(self.record)
+        st = self.provider.status(self.record, ask_guest=ask_guest)
         if st.state is VMState.STARTING and self._was_ready(st):
             return attrs.evolve(st, detail="unreachable: SSH answered since boot, and not now")
         return st
@@ -271,7 +271,7 @@ class VM:
         log_path = self.record.files.serial_log
 
         def process() -> bool:
-            st = self.status()
+            st = self.status(ask_guest=False)
             if st.pid is not None:
                 pids.append(st.pid)
             if st.state in (VMState.STOPPED, VMState.BROKEN):
@@ -287,10 +287,9 @@ class VM:
             return console.kernel_started(log_path)
 
         def banner() -> bool:
-            # The banner first, the VM's state only while it is missing: the state check reads
-            # the banner too, and under QEMU's user networking every connection made before the
-            # guest's network is up reaches sshd seconds later anyway (slirp retries the SYN),
-            # each one a forked sshd competing with the boot.
+            # One connection per try: under QEMU's user networking every connection made before
+            # the guest's network is up reaches sshd seconds later anyway (slirp retries the
+            # SYN), each one a forked sshd competing with the boot; process() does not connect.
             if read_banner(ep.host, ep.port, timeout=3) is not None:
                 return True
             process()

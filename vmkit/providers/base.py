@@ -84,8 +84,14 @@ class Provider(Protocol):
     def destroy(self, record: VMRecord) -> None:
         """Stop if needed and remove everything the provider made, outside vmkit's folder too."""
 
-    def status(self, record: VMRecord) -> Status:
-        """The real state, from the hypervisor, never from a cache."""
+    def status(self, record: VMRecord, *, ask_guest: bool = True) -> Status:
+        """The real state, from the hypervisor, never from a cache.
+
+        ``ask_guest=False``: what the hypervisor alone tells, without connecting to the guest
+        (whose SSH is what tells RUNNING from STARTING where the hypervisor cannot): for boot
+        probes, which connect themselves, and whose every extra connection made before the
+        guest's network is up reaches its sshd later anyway (QEMU's user networking retries it).
+        """
 
     def share_mechanisms(
         self, record: VMRecord, ssh: Callable[[], SSHSession]

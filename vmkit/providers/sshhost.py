@@ -174,7 +174,7 @@ class SSHHostProvider:
     def destroy(self, record: VMRecord) -> None:
         """Forgetting is all: the machine is not vmkit's."""
 
-    def status(self, record: VMRecord) -> Status:
+    def status(self, record: VMRecord, *, ask_guest: bool = True) -> Status:
         ep = record.ssh
         if ep is None:
             return Status(VMState.BROKEN, "no SSH endpoint recorded")

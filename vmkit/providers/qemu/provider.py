@@ -243,7 +243,7 @@ class QemuProvider:
     def destroy(self, record: VMRecord) -> None:
         self.stop(record, timeout=0, force=True)
 
-    def status(self, record: VMRecord) -> Status:
+    def status(self, record: VMRecord, *, ask_guest: bool = True) -> Status:
         f = record.files
         if record.extra.get("incomplete") or not f.state.exists():
             pid = self._pid(record)
@@ -262,6 +262,8 @@ class QemuProvider:
             )
         run_state = str(qs.get("status", ""))
         if run_state == "running":
+            if not ask_guest:
+                return Status(VMState.STARTING, "running; the guest was not asked", pid=pid)
             if record.ssh and read_banner(record.ssh.host, record.ssh.port, timeout=1.5):
                 return Status(VMState.RUNNING, pid=pid)
             return Status(VMState.STARTING, "booting: SSH not answering yet", pid=pid)

@@ -151,7 +151,7 @@ class VagrantProvider:
         vagrant, machine = self._target(record)
         vagrant.stream("destroy", "--force", machine, timeout=self.destroy_timeout)
 
-    def status(self, record: VMRecord) -> Status:
+    def status(self, record: VMRecord, *, ask_guest: bool = True) -> Status:
         """The machine's state as Vagrant's provider reports it now."""
         vagrant, machine = self._target(record)
         found = parse.status(vagrant.run("status", "--machine-readable", machine).stdout)

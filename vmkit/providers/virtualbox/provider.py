@@ -307,7 +307,7 @@ class VirtualBoxProvider:
             vbm("controlvm", name, "poweroff", timeout=120)
         vbm("unregistervm", name, "--delete", timeout=120)
 
-    def status(self, record: VMRecord) -> Status:
+    def status(self, record: VMRecord, *, ask_guest: bool = True) -> Status:
         """The state VirtualBox reports now; BROKEN (with the reason) for aborted or missing VMs."""
         name = vbox_name(record)
         info = self.vbm.find(name)
