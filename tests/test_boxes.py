@@ -453,8 +453,23 @@ def test_the_initrd_and_the_boot_time_units_are_in_the_recipe() -> None:
     assert all(f"group {g} " in hook for g in ("virtio", "net", "mmio", "ahci", "ide", "ext4"))
     customize = (RECIPE / "hooks" / "customize00-vmkit").read_text()
     assert "systemctl enable docker.service containerd.service docker.socket" in customize
-    # dockerd and containerd start at boot, but never before sshd listens.
+    # dockerd and containerd start with the first units, yielding the CPU while the system boots;
+    # dockerd still stops before containerd.
+    units = RECIPE / "rootfs" / "etc" / "systemd" / "system"
+    for unit in ("docker.service", "containerd.service", "docker.socket"):
+        text = (units / unit).read_text()
+        assert "DefaultDependencies=no" in text and "Conflicts=shutdown.target" in text
+        deps = [ln for ln in text.splitlines() if ln.startswith(("After=", "Wants=", "Requires="))]
+        assert not any("network" in ln for ln in deps)
     for unit in ("docker.service", "containerd.service"):
-        dropin = RECIPE / "rootfs" / "etc" / "systemd" / "system" / f"{unit}.d" / "vmkit.conf"
-        assert "After=ssh.service" in dropin.read_text()
+        assert "StartupCPUWeight=10" in (units / unit).read_text()
+    assert (
+        "After=local-fs.target docker.socket containerd.service"
+        in (units / "docker.service").read_text()
+    )
+    # growfs resizes whatever is mounted at /, not a udev link that may not exist yet.
+    growfs = (units / "vmkit-growfs.service").read_text()
+    assert "findmnt -no SOURCE /" in growfs and "ConditionPathExists" not in growfs
+    sshd = (RECIPE / "rootfs" / "etc" / "ssh" / "sshd_config.d" / "vmkit.conf").read_text()
+    assert "UsePAM no" in sshd.splitlines()
     assert "set-default multi-user.target" in customize
