@@ -175,6 +175,7 @@ class SSHHostProvider:
         """Forgetting is all: the machine is not vmkit's."""
 
     def status(self, record: VMRecord, *, ask_guest: bool = True) -> Status:
+        # No hypervisor to ask instead: the machine's SSH is its only state, so ask_guest is moot.
         ep = record.ssh
         if ep is None:
             return Status(VMState.BROKEN, "no SSH endpoint recorded")
