@@ -232,15 +232,11 @@ class VM:
         self, *, progress: Progress = no_progress, timeout: float = 300, docker: bool = True
     ) -> dict[str, float]:
         """Wait through the boot probes (kernel → process → SSH banner → login → dockerd)."""
-        pids: list[int] = []
-        reached = wait_for(
-            self._probes(docker=docker, pids=pids), timeout=timeout, progress=progress
-        )
+        reached = wait_for(self._probes(docker=docker), timeout=timeout, progress=progress)
         with state.locked(self.name):
             self.reload()
-            # The process the probes watched; asking the provider again would cost the booting
-            # guest one more sshd (QEMU's status reads the SSH banner).
-            pid = pids[-1] if pids else self.status().pid
+            # Only the process is wanted: asking the guest too would cost it one more sshd.
+            pid = self.status(ask_guest=False).pid
             if pid is not None and self.record.extra.get("ready_pid") != pid:
                 self.record.extra["ready_pid"] = pid
                 state.save(self.record)
@@ -265,15 +261,12 @@ class VM:
             lambda: procs.age(pid),
         )
 
-    def _probes(self, *, docker: bool, pids: list[int]) -> list[Probe]:
-        """The boot's probes, in order; ``pids`` gets the hypervisor process each check saw."""
+    def _probes(self, *, docker: bool) -> list[Probe]:
         ep = self._endpoint()
         log_path = self.record.files.serial_log
 
         def process() -> bool:
             st = self.status(ask_guest=False)
-            if st.pid is not None:
-                pids.append(st.pid)
             if st.state in (VMState.STOPPED, VMState.BROKEN):
                 tail = _tail(log_path, 5)
                 raise VMNotRunning(

@@ -117,14 +117,13 @@ class QemuProvider:
             cmdline=box.cmdline,
         )
 
-    def _config(self, record: VMRecord, ssh_port: int, binary: str) -> QemuConfig:
+    def _config(self, record: VMRecord, ssh_port: int, aslr: bool) -> QemuConfig:
         f = record.files
-        accel = str(record.extra.get("accel", "tcg"))
         return QemuConfig(
             name=record.name,
             cpus=record.cpus,
             memory=record.memory,
-            accel=accel,
+            accel=str(record.extra.get("accel", "tcg")),
             kernel=_path(record, "kernel"),
             initrd=_path(record, "initrd"),
             cmdline=str(record.extra["cmdline"]),
@@ -136,7 +135,7 @@ class QemuProvider:
             serial_log=f.serial_log,
             arch=record.arch,
             host_os=self.host_os,
-            aslr=accel != "tcg" or tcg_keeps_aslr(record.arch, _qemu_version(binary)),
+            aslr=aslr,
         )
 
     def start(self, record: VMRecord, progress: Progress) -> None:
@@ -148,6 +147,9 @@ class QemuProvider:
                 stale.unlink()
         self._check_box(record)
         binary = find_qemu(record.arch)
+        aslr = record.extra.get("accel", "tcg") != "tcg" or tcg_keeps_aslr(
+            record.arch, _qemu_version(binary)
+        )
         detached = self.host_os == "win32"
         # Another program can take the chosen port between the check and QEMU's bind; try again.
         assert record.ssh is not None
@@ -161,7 +163,7 @@ class QemuProvider:
                 record.extra[TCP_PORT_KEY] = _another_port(port)
             state.save(record)
             progress(f"starting QEMU ({record.extra.get('accel', 'tcg')}), SSH on 127.0.0.1:{port}")
-            argv = build_argv(binary, self._config(record, port, binary))
+            argv = build_argv(binary, self._config(record, port, aslr))
             try:
                 if detached:
                     self._spawn(record, argv)
