@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -473,3 +475,15 @@ def test_the_initrd_and_the_boot_time_units_are_in_the_recipe() -> None:
     sshd = (RECIPE / "rootfs" / "etc" / "ssh" / "sshd_config.d" / "vmkit.conf").read_text()
     assert "UsePAM no" in sshd.splitlines()
     assert "set-default multi-user.target" in customize
+    # Recipe 5: a coldplug of the devices the box acts on, dockerd on iptables-legacy, no CRI.
+    trigger = (units / "systemd-udev-trigger.service.d" / "vmkit.conf").read_text()
+    kept = set(re.findall(r"--subsystem-match=(\S+)", trigger))
+    assert {"block", "net", "pci", "virtio"} <= kept and "/sys/module/fuse" in trigger
+    assert "update-alternatives --set iptables /usr/sbin/iptables-legacy" in customize
+    containerd = tomllib.loads(
+        (RECIPE / "rootfs" / "etc" / "containerd" / "config.toml").read_text()
+    )
+    assert "io.containerd.grpc.v1.cri" in containerd["disabled_plugins"]
+    assert not {"overlayfs", "native"} & {
+        p.rsplit(".", 1)[-1] for p in containerd["disabled_plugins"]
+    }

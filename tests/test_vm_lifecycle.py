@@ -89,6 +89,21 @@ def test_dockerd_answers(vm: Any) -> None:
     assert vm.run(["docker", "info", "--format", "{{.ServerVersion}}"]).stdout.strip()
 
 
+def test_the_trimmed_boot_leaves_no_unit_failed_and_docker_its_nat_rules(vm: Any) -> None:
+    # Recipe 5 replays only some devices at udev's coldplug and runs dockerd on iptables-legacy
+    # with fewer containerd plugins: what the box relies on must still have come up.
+    assert vm.run(["systemctl", "--failed", "--no-legend"], sudo=True).stdout.strip() == ""
+    for unit in ("systemd-networkd", "sys-fs-fuse-connections.mount", "containerd", "docker"):
+        assert (
+            vm.run(["systemctl", "is-active", unit], sudo=True, check=False).stdout.strip()
+            == "active"
+        )
+    assert "(legacy)" in vm.run(["iptables", "-V"], sudo=True).stdout
+    nat = vm.run(["iptables", "-t", "nat", "-S", "POSTROUTING"], sudo=True).stdout
+    assert "-s 172.17.0.0/16 ! -o docker0 -j MASQUERADE" in nat
+    assert vm.run(["test", "-e", "/dev/disk/by-label/vmkit-root"], check=False).ok
+
+
 def _wait(cond: Any, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
