@@ -4,6 +4,7 @@ stand-in programs (a real boot is in tests/test_boot_watchdog.py)."""
 
 from __future__ import annotations
 
+import os
 import re
 import stat
 import time
@@ -13,7 +14,7 @@ import pytest
 
 from vmkit.errors import AcceleratorFailed, InvalidInput
 from vmkit.guest import console
-from vmkit.host import accel, runner
+from vmkit.host import accel, arch, runner
 from vmkit.host.fallback import choose
 from vmkit.host.virt import BOOT_PROOF, CPU_FLAG, Check, HAVReport
 
@@ -208,3 +209,18 @@ def test_diagnosis_follows_the_console(
 def test_a_missing_console_log_reads_as_empty(tmp_path: Path) -> None:
     assert "never printed" in console.diagnose(tmp_path / "none.log", console.WAITING_FOR_SSH, 5)
     assert not console.kernel_started(tmp_path / "none.log")
+
+
+def test_qemu_version_is_read_once_per_binary_file(tmp_path: Path) -> None:
+    # An `up` wants it twice (the proof cache's key, the kernel command line): one run of QEMU.
+    log = tmp_path / "runs"
+    exe = Path(_fake_qemu(tmp_path, ""))
+    exe.write_text(f'#!/bin/sh\necho run >> {log}\necho "QEMU emulator version 7.2.0"\n')
+    assert arch.qemu_version_text(str(exe)) == "QEMU emulator version 7.2.0"
+    assert arch.qemu_version_text(str(exe)) == "QEMU emulator version 7.2.0"
+    assert log.read_text().count("run") == 1
+    # A new QEMU in its place is asked again.
+    exe.write_text(f'#!/bin/sh\necho run >> {log}\necho "QEMU emulator version 8.2.2"\n')
+    os.utime(exe, ns=(exe.stat().st_atime_ns, exe.stat().st_mtime_ns + 10**9))
+    assert arch.qemu_version_text(str(exe)) == "QEMU emulator version 8.2.2"
+    assert log.read_text().count("run") == 2

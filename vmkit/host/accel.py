@@ -22,8 +22,8 @@ from pathlib import Path
 import attrs
 
 from vmkit import home
-from vmkit.errors import InvalidInput, ToolError
-from vmkit.host import runner
+from vmkit.errors import InvalidInput
+from vmkit.host import arch, runner
 
 #: The QEMU that runs vmkit's x86 boxes (amd64 and i386 alike).
 QEMU_BINARY = "qemu-system-x86_64"
@@ -189,10 +189,7 @@ def forget() -> None:
 
 def _key(binary: str, accel: str, kernel: Path) -> str:
     exe = Path(runner.which(binary)).resolve()
-    try:
-        version = runner.run([str(exe), "--version"], timeout=10).stdout.strip()
-    except ToolError:
-        version = "?"
+    version = arch.qemu_version_text(binary) or "?"
     st_exe, st_kernel = exe.stat(), kernel.stat()
     parts = [
         str(exe),

@@ -7,10 +7,12 @@ host has: KVM, HVF and WHPX only run guests of the host's own instruction set.
 
 from __future__ import annotations
 
+import functools
 import platform
 import sys
+from pathlib import Path
 
-from vmkit.errors import InvalidInput, ToolMissing
+from vmkit.errors import InvalidInput, ToolError, ToolMissing
 from vmkit.host import runner
 
 #: Every box architecture vmkit knows.
@@ -92,3 +94,22 @@ def find_qemu(arch: str) -> str:
         return runner.which(binary)
     except ToolMissing as e:
         raise ToolMissing(binary, hint=install_hint(binary)) from e
+
+
+def qemu_version_text(binary: str) -> str:
+    """What the QEMU ``binary`` prints for ``--version`` ("" if it cannot say).
+
+    Read once per binary file (path, size and time) in a process: an ``up`` needs it for the
+    accelerator's proof cache and for the kernel command line.
+    """
+    exe = Path(runner.which(binary)).resolve()
+    st = exe.stat()
+    return _version_text(str(exe), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _version_text(exe: str, size: int, mtime_ns: int) -> str:
+    try:
+        return runner.run([exe, "--version"], timeout=10).stdout.strip()
+    except ToolError:
+        return ""

@@ -20,11 +20,10 @@ from vmkit.errors import (
     PortInUse,
     ProviderError,
     QMPError,
-    ToolError,
     VmkitError,
 )
 from vmkit.host import procs, signals
-from vmkit.host.arch import find_qemu
+from vmkit.host.arch import find_qemu, qemu_version_text
 from vmkit.host.netutil import free_port, read_banner
 from vmkit.host.runner import ErrorRule, Result, classify, run, spawn, which
 from vmkit.progress import Progress
@@ -148,7 +147,7 @@ class QemuProvider:
         self._check_box(record)
         binary = find_qemu(record.arch)
         aslr = record.extra.get("accel", "tcg") != "tcg" or tcg_keeps_aslr(
-            record.arch, _qemu_version(binary)
+            record.arch, parse_qemu_version(qemu_version_text(binary))
         )
         detached = self.host_os == "win32"
         # Another program can take the chosen port between the check and QEMU's bind; try again.
@@ -316,11 +315,3 @@ def _path(record: VMRecord, key: str) -> Path:
             f"VM {record.name!r} has no {key} recorded", hint="destroy and recreate it"
         )
     return Path(str(value))
-
-
-def _qemu_version(binary: str) -> tuple[int, int] | None:
-    """The (major, minor) version of the QEMU ``binary``; None if it does not say."""
-    try:
-        return parse_qemu_version(run([binary, "--version"], timeout=10).stdout)
-    except ToolError:
-        return None
