@@ -191,15 +191,18 @@ def test_ctrl_c_during_a_share_finishes_it_or_never_starts_it(
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
     try:
-        assert p.returncode in (0, 130), err
+        # 130: vmkit caught the Ctrl-C. -SIGINT: it landed after vmkit's own exit had begun
+        # (the share done and reported), where Python's default handler ends the process.
+        assert p.returncode in (0, 130, -signal.SIGINT), err
         vm.reload()
         assert vm.record.pending == [] and vm.orphans() == []
         shared = [s.source for s in vm.record.shares]
         active = [s.source for s in vm.active_shares()]
         assert shared == active and shared in ([], [str(tmp_path)]), (out, err)
-        if "finishing the share" in err:
+        if "finishing the share" in err or p.returncode == -signal.SIGINT:
             assert shared == [str(tmp_path)]  # held until done, then exited
     finally:
+        vm.reload()
         if vm.record.shares:
             vm.unshare(tmp_path)
     assert_clean(vm)
