@@ -139,8 +139,9 @@ def tcg_keeps_aslr(arch: str, qemu_version: tuple[int, int] | None) -> bool:
     QEMU before 8.0 keys its translated code for x86 guests by virtual address, so each new
     process, its libraries mapped at new random addresses, runs every instruction through the
     translator again: a process start cost ~3x more (measured in a guest: `iptables` 117 ms
-    against 40 ms; a boot runs hundreds). There ``norandmaps`` is worth its cost in the disposable guest;
-    newer QEMU translates position-independently, and Arm guests were not measured.
+    against 40 ms; a boot runs hundreds). There ``norandmaps`` is worth its cost in the
+    disposable guest; newer QEMU translates position-independently, and Arm guests were not
+    measured.
     """
     old_qemu = qemu_version is not None and qemu_version < (8, 0)
     return not (old_qemu and arch in ("amd64", "i386"))

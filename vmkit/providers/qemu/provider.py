@@ -116,13 +116,13 @@ class QemuProvider:
             cmdline=box.cmdline,
         )
 
-    def _config(self, record: VMRecord, ssh_port: int, aslr: bool) -> QemuConfig:
+    def _config(self, record: VMRecord, ssh_port: int, accel: str, aslr: bool) -> QemuConfig:
         f = record.files
         return QemuConfig(
             name=record.name,
             cpus=record.cpus,
             memory=record.memory,
-            accel=str(record.extra.get("accel", "tcg")),
+            accel=accel,
             kernel=_path(record, "kernel"),
             initrd=_path(record, "initrd"),
             cmdline=str(record.extra["cmdline"]),
@@ -146,7 +146,8 @@ class QemuProvider:
                 stale.unlink()
         self._check_box(record)
         binary = find_qemu(record.arch)
-        aslr = record.extra.get("accel", "tcg") != "tcg" or tcg_keeps_aslr(
+        accel = str(record.extra.get("accel", "tcg"))
+        aslr = accel != "tcg" or tcg_keeps_aslr(
             record.arch, parse_qemu_version(qemu_version_text(binary))
         )
         detached = self.host_os == "win32"
@@ -161,8 +162,8 @@ class QemuProvider:
             if detached:
                 record.extra[TCP_PORT_KEY] = _another_port(port)
             state.save(record)
-            progress(f"starting QEMU ({record.extra.get('accel', 'tcg')}), SSH on 127.0.0.1:{port}")
-            argv = build_argv(binary, self._config(record, port, aslr))
+            progress(f"starting QEMU ({accel}), SSH on 127.0.0.1:{port}")
+            argv = build_argv(binary, self._config(record, port, accel, aslr))
             try:
                 if detached:
                     self._spawn(record, argv)
