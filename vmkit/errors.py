@@ -250,6 +250,10 @@ class ConsoleSilent(BootTimeout):
     """The guest's serial console stayed empty: its kernel never ran."""
 
 
+class QuickStartFailed(ProviderError):
+    """A VM could not be resumed from its box's saved boot; vmkit boots it instead."""
+
+
 class BoxError(VmkitError):
     """Building or reading a box (kernel, initrd, disk image) failed."""
 

@@ -39,6 +39,7 @@ from vmkit.errors import (
     VMUnreachable,
 )
 from vmkit.guest import boottime, console, keys
+from vmkit.guest import clock as guest_clock
 from vmkit.guest.pathmap import guest_path
 from vmkit.guest.ready import Probe, wait_for
 from vmkit.guest.ssh import SSHSession
@@ -51,7 +52,7 @@ from vmkit.host.netutil import check_port_number, read_banner, require_free
 from vmkit.host.runner import Result
 from vmkit.progress import Progress, no_progress
 from vmkit.providers import registry
-from vmkit.providers.base import Provider, Status, VMState
+from vmkit.providers.base import RESUMED_KEY, Provider, Status, VMState
 from vmkit.state import ForwardSpec, Intent, ShareSpec, SSHEndpoint, VMRecord
 
 if TYPE_CHECKING:
@@ -249,6 +250,11 @@ class VM:
         """
         self.require_running()
         pid = self.status().pid
+        if self.record.extra.get(RESUMED_KEY):
+            raise NotSupported(
+                f"VM {self.name!r} did not boot: it was quick-started from its box's saved boot",
+                hint="a VM made with `--no-quick-start` boots, and its boot can be timed",
+            )
         if pid is None or not self.provider.capabilities.console_log:
             raise NotSupported(
                 f"vmkit cannot time the boot of {self.name!r}: it has no hypervisor process "
@@ -298,6 +304,15 @@ class VM:
                 return False
             return True
 
+        def clock() -> bool:
+            # A quick-started guest took the host's time from its reseed, about a second late.
+            try:
+                guest_clock.set_from_host(self.ssh())
+            except SSHError:
+                self._close_ssh()
+                return False
+            return True
+
         def dockerd() -> bool:
             # vmkit-mini's dockerd starts right after sshd (recipe 3) or at this first call
             # (recipe 2, socket-activated), and the call waits for it; one restarting containers
@@ -317,7 +332,8 @@ class VM:
             )
 
         probes = [Probe("the VM process", process, f"see the console log {log_path}")]
-        if self.provider.capabilities.console_log:
+        # A quick-started VM's kernel ran long ago, in its saved boot: its console stays quiet.
+        if self.provider.capabilities.console_log and not self.record.extra.get(RESUMED_KEY):
             used = str(self.record.extra.get("accel", "tcg"))
             limit = WATCHDOG_TCG if used == "tcg" else WATCHDOG_HW
 
@@ -343,6 +359,8 @@ class VM:
             ),
             Probe("SSH login", login, "", failure=stuck(console.WAITING_FOR_LOGIN)),
         ]
+        if self.record.extra.get(RESUMED_KEY):
+            probes.append(Probe("the guest's clock", clock, "the guest could not set its clock"))
         # Only vmkit's own box is known to run dockerd; other machines may have none.
         if docker and self.record.box.startswith("vmkit-mini"):
             probes.append(
@@ -973,9 +991,14 @@ def create(
     disk: int = 8,
     provider: str | None = None,
     accel: str | None = None,
+    quick_start: bool = True,
     progress: Progress = no_progress,
 ) -> VM:
     """Create (not start) a VM from a box; the box is built first if it is not in the cache.
+
+    With ``quick_start`` (QEMU under software emulation, vmkit-mini), the VM's first start
+    resumes a boot of the box saved once, with the VM's own identity installed at once
+    (``vmkit.providers.qemu.quickstart``), instead of booting; off, it boots.
 
     The fallback policy (``vmkit.host.fallback``) decides what is left open: ``provider``
     (QEMU unless VirtualBox is asked for and can run the box), ``arch`` (amd64, or i386 for
@@ -1008,19 +1031,24 @@ def create(
             disk=disk,
             # Until the provider is done, the record says so: a crash in between shows as
             # broken, and destroy (which reads the provider from here) cleans it up.
-            extra={"accel_request": request, "accel": plan.accel, "incomplete": True},
+            extra={
+                "accel_request": request,
+                "accel": plan.accel,
+                "quick_start": quick_start,
+                "incomplete": True,
+            },
         )
         try:
             progress("making the VM's SSH identity (client key, guest host key, seed disk)")
             keys.generate(files.client_key, f"vmkit@{name}")
             host_pub = keys.generate(files.host_key, f"root@vmkit-{name}")
-            from vmkit.guest.seed import make_seed
+            from vmkit.guest.seed import hostname_for, make_seed
 
             make_seed(
                 files.seed,
                 authorized_key=keys.public_line(files.client_key),
                 host_key=files.host_key,
-                hostname=f"vmkit-{name}",
+                hostname=hostname_for(name),
             )
             record.ssh = SSHEndpoint(
                 host="127.0.0.1",

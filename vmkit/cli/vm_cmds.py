@@ -44,6 +44,13 @@ def _create_options(f: click.decorators.FC) -> click.decorators.FC:
         help="QEMU's accelerator [default: $VMKIT_ACCEL, else auto: hardware if it proves to "
         "boot the box's kernel, else software emulation].",
     )(f)
+    f = click.option(
+        "--quick-start/--no-quick-start",
+        default=True,
+        show_default=True,
+        help="Under software emulation, start the VM from a boot of its box saved once (with "
+        "its own identity) instead of booting it; the first VM of a box and size saves one.",
+    )(f)
     return f
 
 

@@ -6,7 +6,10 @@ the host by ``mkfs.ext4 -d`` (no root, no loop mount). It holds:
 - ``authorized_keys``: the VM's own client public key, for the ``vmkit`` user;
 - ``ssh_host_ed25519_key`` and ``.pub``: the guest's host key, made on the host, so vmkit
   pins it before the first connection;
-- ``hostname``.
+- ``hostname``;
+- for a quick-started VM's reseed (``vmkit.providers.qemu.quickstart``) also ``machine-id``,
+  ``clock`` (the host's time, seconds since the epoch) and ``nonce`` (which the guest's
+  console line names when the identity is installed).
 
 In the guest, vmkit-mini's initrd (boxes/vmkit-mini/initrd/seed) mounts it read-only before
 systemd starts, every boot, and installs the files. A raw image is
@@ -19,6 +22,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from vmkit.errors import InvalidInput, NotFound
@@ -34,6 +38,8 @@ FILES = {
     "ssh_host_ed25519_key.pub": 0o644,
     "hostname": 0o644,
 }
+#: Files a reseed adds (``make_seed(extra=...)``).
+RESEED_FILES = ("machine-id", "clock", "nonce")
 
 _PUBLIC_KEY = re.compile(
     r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+|sk-\S+@openssh\.com) [A-Za-z0-9+/]+={0,3}( \S.*)?$"
@@ -43,13 +49,30 @@ _HOSTNAME = re.compile(
 )
 
 
-def make_seed(path: Path, *, authorized_key: str, host_key: Path, hostname: str) -> Path:
+def hostname_for(vm_name: str) -> str:
+    """The hostname a VM named ``vm_name`` gets from its seed."""
+    return f"vmkit-{vm_name}"
+
+
+def make_seed(
+    path: Path,
+    *,
+    authorized_key: str,
+    host_key: Path,
+    hostname: str,
+    extra: Mapping[str, str] | None = None,
+) -> Path:
     """Write the seed image for one VM at ``path`` (0600: it holds a private key); return it.
 
     ``authorized_key`` is one or more OpenSSH public key lines; ``host_key`` is the guest's
     private host key (ed25519, as ``vmkit.guest.keys.generate`` makes it) with ``host_key.pub``
-    beside it. The image replaces ``path`` atomically.
+    beside it; ``extra`` holds a reseed's files (``RESEED_FILES``). The image replaces ``path``
+    atomically.
     """
+    extra = dict(extra or {})
+    unknown = sorted(set(extra) - set(RESEED_FILES))
+    if unknown:
+        raise InvalidInput(f"a seed has no file {unknown[0]!r}")
     keys = _check_authorized_keys(authorized_key)
     _check_hostname(hostname)
     private, public = _read_host_key(host_key)
@@ -65,8 +88,10 @@ def make_seed(path: Path, *, authorized_key: str, host_key: Path, hostname: str)
             "ssh_host_ed25519_key": private,
             "ssh_host_ed25519_key.pub": public,
             "hostname": hostname + "\n",
+            **{name: text + "\n" for name, text in extra.items()},
         }
-        for name, mode in FILES.items():
+        modes = {**FILES, **dict.fromkeys(extra, 0o644)}
+        for name, mode in modes.items():
             target = content / name
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -95,7 +120,7 @@ def make_seed(path: Path, *, authorized_key: str, host_key: Path, hostname: str)
         )
         # mkfs.ext4 -d copies the caller's uid; in the guest these are root's files.
         commands = "".join(
-            f"set_inode_field /{name} uid 0\nset_inode_field /{name} gid 0\n" for name in FILES
+            f"set_inode_field /{name} uid 0\nset_inode_field /{name} gid 0\n" for name in modes
         )
         run([_sbin("debugfs"), "-w", "-f", "-", str(image)], input=commands, timeout=60)
         os.chmod(image, 0o600)

@@ -49,6 +49,11 @@ class Status:
         return self.state is VMState.RUNNING
 
 
+#: The ``extra`` key of a VM record whose current run was resumed from a saved boot (QEMU's quick
+#: start), not booted: its console shows no boot.
+RESUMED_KEY = "resumed_from"
+
+
 @attrs.frozen
 class Capabilities:
     """What a provider can do. Mechanism names are best first."""

@@ -65,6 +65,9 @@ def build_argv(binary: str, c: QemuConfig) -> list[str]:
         memory = ["-object", f"memory-backend-memfd,id=mem,size={c.memory}M,share=on"]
         machine += ",memory-backend=mem"
     hotplug: list[str] = []
+    # x86: a generation id the guest kernel watches; a VM resumed from a saved boot gets a new
+    # one (guid=auto), and the kernel reseeds its random generator (quickstart.py).
+    vmgenid = [] if arm else ["-device", "vmgenid,guid=auto"]
     if arm:
         for i in range(HOTPLUG_PORTS):
             port_id = HOTPLUG_PORT_ID.format(i)
@@ -106,6 +109,7 @@ def build_argv(binary: str, c: QemuConfig) -> list[str]:
         f"virtio-net-pci,netdev={NETDEV_ID}",
         "-device",
         "virtio-rng-pci",
+        *vmgenid,
         "-serial",
         f"file:{_opt(c.serial_log)}",
         "-qmp",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from vmkit.errors import (
     PortInUse,
     ProviderError,
     QMPError,
+    QuickStartFailed,
     VmkitError,
 )
 from vmkit.host import procs, signals
@@ -27,7 +29,8 @@ from vmkit.host.arch import find_qemu, qemu_version_text
 from vmkit.host.netutil import free_port, read_banner
 from vmkit.host.runner import ErrorRule, Result, classify, run, spawn, which
 from vmkit.progress import Progress
-from vmkit.providers.base import Capabilities, Status, VMState
+from vmkit.providers.base import RESUMED_KEY, Capabilities, Status, VMState
+from vmkit.providers.qemu import quickstart
 from vmkit.providers.qemu.argv import QemuConfig, build_argv, parse_qemu_version, tcg_keeps_aslr
 from vmkit.providers.qemu.qmp import QMP, TCP_PORT_KEY, monitor_address
 
@@ -66,6 +69,15 @@ QEMU_RULES = [
 
 #: How long QEMU may take from its start to a monitor that answers.
 START_TIMEOUT = 60.0
+#: The ``extra`` key of a VM record whose disk is an overlay on a saved boot's disk.
+SAVED_BOOT_KEY = "saved_boot"
+
+log = logging.getLogger("vmkit")
+
+
+def _run_qemu(argv: list[str]) -> None:
+    """Run a daemonizing QEMU; its known startup failures raised as vmkit errors."""
+    run(argv, timeout=START_TIMEOUT, rules=QEMU_RULES)
 
 
 class QemuProvider:
@@ -150,6 +162,28 @@ class QemuProvider:
         aslr = accel != "tcg" or tcg_keeps_aslr(
             record.arch, parse_qemu_version(qemu_version_text(binary))
         )
+        first_start = not record.extra.get("started")
+        record.extra["started"] = True
+        record.extra.pop(RESUMED_KEY, None)
+        if first_start and self._quick_start(record, binary, accel, aslr, progress):
+            return
+        self._launch(
+            record,
+            lambda port: build_argv(binary, self._config(record, port, accel, aslr)),
+            f"starting QEMU ({accel})",
+            progress,
+        )
+
+    def _launch(
+        self,
+        record: VMRecord,
+        argv_for: Callable[[int], list[str]],
+        what: str,
+        progress: Progress,
+    ) -> None:
+        """Start QEMU with ``argv_for(ssh_port)``; return once it runs (daemonized, or its
+        monitor answers)."""
+        f = record.files
         detached = self.host_os == "win32"
         # Another program can take the chosen port between the check and QEMU's bind; try again.
         assert record.ssh is not None
@@ -162,13 +196,13 @@ class QemuProvider:
             if detached:
                 record.extra[TCP_PORT_KEY] = _another_port(port)
             state.save(record)
-            progress(f"starting QEMU ({accel}), SSH on 127.0.0.1:{port}")
-            argv = build_argv(binary, self._config(record, port, accel, aslr))
+            progress(f"{what}, SSH on 127.0.0.1:{port}")
+            argv = argv_for(port)
             try:
                 if detached:
                     self._spawn(record, argv)
                 else:
-                    run(argv, timeout=START_TIMEOUT, rules=QEMU_RULES)
+                    _run_qemu(argv)
             except PortInUse:
                 if attempt == 2:
                     raise
@@ -179,6 +213,89 @@ class QemuProvider:
         if not detached:
             with contextlib.suppress(FileNotFoundError):
                 f.qmp.chmod(0o600)
+
+    def _quick_start(
+        self, record: VMRecord, binary: str, accel: str, aslr: bool, progress: Progress
+    ) -> bool:
+        """Resume the VM's first start from its box's saved boot (``quickstart``); False if
+        it cannot, and then the VM is as before: stopped, its disk unused on the box."""
+        from vmkit import boxes
+        from vmkit.guest import keys
+        from vmkit.guest.seed import hostname_for, make_seed
+
+        box = boxes.find(record.box, record.arch)
+        reason = quickstart.why_not(
+            box_name=record.box,
+            recipe=int(box.manifest.get("recipe_version", 0)),
+            accel=accel,
+            arch=record.arch,
+            host_os=self.host_os,
+            first_start=True,
+            wanted=bool(record.extra.get("quick_start", True)),
+        )
+        if reason is not None:
+            log.debug(f"no quick start for {record.name}: {reason}")
+            return False
+        shape = self._config(record, 0, accel, aslr)
+        saved = quickstart.find_or_make(
+            box.dir,
+            box.disk,
+            shape,
+            key=quickstart.key(
+                shape,
+                binary=binary,
+                qemu_version=qemu_version_text(binary),
+                box_disk_sha256=str(record.extra.get("box_disk_sha256", "")),
+                disk_gib=record.disk,
+            ),
+            disk_gib=record.disk,
+            binary=binary,
+            launch=_run_qemu,
+            progress=progress,
+        )
+        if saved is None:
+            return False
+        f = record.files
+        reseed = f.dir / "reseed.img"
+
+        def write_reseed(extra: dict[str, str]) -> Path:
+            return make_seed(
+                reseed,
+                authorized_key=keys.public_line(f.client_key),
+                host_key=f.host_key,
+                hostname=hostname_for(record.name),
+                extra=extra,
+            )
+
+        quickstart.prepare_disk(f.disk, saved, record.disk)
+        record.extra[RESUMED_KEY] = saved.key
+        record.extra[SAVED_BOOT_KEY] = str(saved.dir)
+        try:
+            self._launch(
+                record,
+                lambda port: [
+                    *build_argv(binary, self._config(record, port, accel, aslr)),
+                    "-incoming",
+                    "defer",
+                ],
+                "resuming QEMU from the box's saved boot (quick start)",
+                progress,
+            )
+            with QMP.for_vm(record, timeout=60) as q:
+                quickstart.load(q, saved, f.serial_log, write_reseed)
+        except VmkitError as e:
+            if isinstance(e, QuickStartFailed):
+                quickstart.forget(saved, e.message)
+            log.warning(f"quick start failed ({e.message}); booting the VM instead")
+            self.stop(record, timeout=0, force=True)
+            record.extra.pop(RESUMED_KEY, None)
+            record.extra.pop(SAVED_BOOT_KEY, None)
+            quickstart.prepare_disk(f.disk, box, record.disk)
+            return False
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                reseed.unlink()
+        return True
 
     def _spawn(self, record: VMRecord, argv: list[str]) -> None:
         """Start QEMU detached and return once its monitor answers; its startup errors (read
@@ -208,6 +325,12 @@ class QemuProvider:
         """Refuse to boot an overlay whose base box was rebuilt: its blocks would not match."""
         from vmkit import boxes
 
+        saved_boot = record.extra.get(SAVED_BOOT_KEY)
+        if saved_boot and not Path(str(saved_boot)).is_dir():
+            raise ProviderError(
+                f"the saved boot that VM {record.name!r} was quick-started from is gone",
+                hint="its disk is an overlay on it: destroy and recreate the VM",
+            )
         made_from = record.extra.get("box_disk_sha256")
         if not made_from:
             return
