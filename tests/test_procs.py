@@ -150,3 +150,14 @@ def test_no_code_reads_the_hosts_proc_outside_linux_only_modules() -> None:
     assert "Linux only" in virt
     jail = (VMKIT / "agent" / "sftpjail.py").read_text(encoding="utf-8")
     assert 'if sys.platform == "linux" and isinstance(file, int):' in jail
+
+
+def test_same_process_tells_a_reused_pid_from_the_process_that_was_recorded() -> None:
+    me = os.getpid()
+    started = procs.started_at(me)
+    assert procs.same_process(me, started)
+    assert not procs.same_process(me, started - 60)  # another process that had this pid
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child_started = procs.started_at(child.pid)
+    child.wait()
+    assert not procs.same_process(child.pid, child_started)

@@ -14,11 +14,15 @@ from typing import Any
 import attrs
 import pytest
 
+import vmkit.vm as api
 from tests.vmfixtures import SESSION_DISK_GIB, SESSION_VM, vmkit_cli
 from vmkit import state
-from vmkit.errors import HostKeyMismatch
+from vmkit.errors import HostKeyMismatch, QuickStartFailed
 from vmkit.guest.ssh import SSHSession
 from vmkit.host import procs
+from vmkit.providers.base import RESUMED_KEY
+from vmkit.providers.qemu import quickstart
+from vmkit.providers.qemu.provider import SAVED_BOOT_KEY
 
 pytestmark = pytest.mark.vm
 
@@ -44,19 +48,81 @@ def test_status_and_list_read_the_real_process(vm: Any, vm_home: Path) -> None:
     assert SESSION_VM in vmkit_cli("list", home=vm_home).stdout
 
 
-def test_boot_timeline_tells_where_the_boot_went(vm: Any, vm_home: Path) -> None:
-    out = vmkit_cli("status", SESSION_VM, "--boot-timeline", home=vm_home).stdout
+def test_a_quick_started_vm_says_it_did_not_boot(vm: Any, vm_home: Path) -> None:
+    assert vm.record.extra.get(RESUMED_KEY)  # the session VM took the default: quick start
+    r = vmkit_cli("status", SESSION_VM, "--boot-timeline", home=vm_home, check=False)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "quick-started" in r.stderr and "--no-quick-start" in r.stderr
+
+
+def _assert_timeline(cli_out: str, vm: Any) -> None:
     for phase in ("firmware", "kernel", "initrd", "init to sshd", "sshd to login", "dockerd"):
-        assert f"  {phase} " in out, out
-    assert "kernel floor (QEMU start → init)" in out and "systemd-analyze: Startup" in out
+        assert f"  {phase} " in cli_out, cli_out
+    assert "kernel floor (QEMU start → init)" in cli_out and "systemd-analyze: Startup" in cli_out
     tl = vm.boot_timeline()
     floor = tl.kernel_floor
     phases = tl.phases()
     assert floor is not None and 0 < tl.firmware < floor
-    # The session VM waited for dockerd, so every phase was reached, in order.
+    # The VM waited for dockerd, so every phase was reached, in order.
     assert all(p.end is not None for p in phases), phases
     login = next(p for p in phases if p.name == "sshd to login")
     assert floor < login.start < login.end  # type: ignore[operator]
+
+
+def _skew(vm: Any) -> float:
+    before = time.time()
+    guest = float(vm.run(["date", "+%s.%N"]).stdout)
+    return guest - (before + time.time()) / 2
+
+
+def test_a_second_quick_started_vm_has_an_identity_of_its_own(vm: Any, vm_home: Path) -> None:
+    other = api.up("quick2", memory=1024, cpus=2, disk=SESSION_DISK_GIB)
+    try:
+        # Both resumed the same saved boot...
+        assert other.record.extra[RESUMED_KEY] == vm.record.extra[RESUMED_KEY]
+        saved = Path(str(other.record.extra[SAVED_BOOT_KEY]))
+        assert oct(saved.stat().st_mode & 0o777) == "0o700"
+        assert oct((saved / "state").stat().st_mode & 0o777) == "0o600"
+        assert not (other.record.files.dir / "reseed.img").exists()
+        # ...and each has its own host key (pinned: these commands prove it), machine id,
+        # hostname and random state, and the host's time.
+        for cmd in (
+            ["cat", "/etc/ssh/ssh_host_ed25519_key.pub"],
+            ["cat", "/etc/machine-id"],
+            ["hostname"],
+        ):
+            assert other.run(cmd).stdout != vm.run(cmd).stdout, cmd
+        assert other.run(["hostname"]).stdout.strip() == "vmkit-quick2"
+        for each in (vm, other):
+            kernel_log = each.run(["dmesg"], sudo=True).stdout
+            assert "crng reseeded due to virtual machine fork" in kernel_log
+            assert abs(_skew(each)) < 0.25
+        assert other.run(["docker", "info", "--format", "{{.ServerVersion}}"]).stdout.strip()
+    finally:
+        other.destroy()
+
+
+def test_a_failed_quick_start_boots_instead_and_that_boot_can_be_timed(
+    vm: Any, vm_home: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def guest_never_answers(serial_log: Path, nonce: str) -> None:
+        raise QuickStartFailed("the test's guest did not install its identity")
+
+    monkeypatch.setattr(quickstart, "_wait_reseeded", guest_never_answers)
+    saved = Path(str(vm.record.extra[SAVED_BOOT_KEY]))
+    failed = saved.with_name(f"{saved.name}.failed")
+    cold = api.up("cold1", memory=1024, cpus=2, disk=SESSION_DISK_GIB)
+    try:
+        assert "quick start failed" in caplog.text and "booting the VM instead" in caplog.text
+        assert failed.read_text().strip() == "the test's guest did not install its identity"
+        assert RESUMED_KEY not in cold.record.extra and SAVED_BOOT_KEY not in cold.record.extra
+        # It booted from the box, with its own identity (the pinned key is the proof).
+        assert cold.run(["hostname"]).stdout.strip() == "vmkit-cold1"
+        out = vmkit_cli("status", "cold1", "--boot-timeline", home=vm_home).stdout
+        _assert_timeline(out, cold)
+    finally:
+        cold.destroy()
+        failed.unlink(missing_ok=True)
 
 
 def test_per_vm_identity(vm: Any) -> None:
@@ -120,7 +186,8 @@ def test_kill_9_during_up_then_status_tells_the_truth_and_destroy_cleans(
     name = "crash1"
     files = state.InstanceFiles.of(name)
     p = subprocess.Popen(
-        [sys.executable, "-m", "vmkit", "up", name],
+        # The session VM's shape: its saved boot exists, so QEMU starts within seconds.
+        [sys.executable, "-m", "vmkit", "up", name, "--disk", str(SESSION_DISK_GIB)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -131,7 +198,8 @@ def test_kill_9_during_up_then_status_tells_the_truth_and_destroy_cleans(
         p.wait()
         qemu_pid = procs.read_pid(files.pid)
         out = vmkit_cli("status", name, home=vm_home).stdout
-        assert "starting" in out or "running" in out
+        # A quick start killed before the guest took its identity is never usable.
+        assert "quick start was interrupted" in out, out
         assert procs.alive(qemu_pid, str(files.qmp))
     finally:
         vmkit_cli("destroy", name, "-f", home=vm_home)
@@ -144,13 +212,13 @@ def test_kill_9_during_up_then_status_tells_the_truth_and_destroy_cleans(
 def test_kill_9_at_any_point_of_up_then_status_is_true_and_up_converges(
     vm_home: Path, vm: Any, after: float
 ) -> None:
-    """Killed during create, at QEMU's launch or while it boots: within 5 s status says what
-    really runs, and `vmkit up` again reaches SSH."""
+    """Killed during create, at QEMU's launch or while it resumes or boots: within 5 s status
+    says what really runs, and `vmkit up` again reaches SSH."""
     env = dict(os.environ, VMKIT_HOME=str(vm_home))
     name = f"kill{int(after * 10)}"
     files = state.InstanceFiles.of(name)
     p = subprocess.Popen(
-        [sys.executable, "-m", "vmkit", "up", name, "--memory", "512"],
+        [sys.executable, "-m", "vmkit", "up", name, "--disk", str(SESSION_DISK_GIB)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -164,10 +232,12 @@ def test_kill_9_at_any_point_of_up_then_status_is_true_and_up_converges(
         assert time.monotonic() - began < 5
         qemu_alive = procs.alive(procs.read_pid(files.pid), str(files.qmp))
         if qemu_alive:
-            assert "starting" in out or "running" in out, out
+            assert any(w in out for w in ("starting", "running", "quick start was interrupted")), (
+                out
+            )
         else:
             assert "running" not in out and "starting" not in out, out
-        vmkit_cli("up", name, "--memory", "512", home=vm_home, timeout=600)
+        vmkit_cli("up", name, "--disk", str(SESSION_DISK_GIB), home=vm_home, timeout=600)
         assert vmkit_cli("ssh", name, "--", "echo", "ok", home=vm_home).stdout.strip() == "ok"
     finally:
         vmkit_cli("destroy", name, "-f", home=vm_home, check=False)

@@ -44,6 +44,22 @@ def age(pid: int) -> float:
         raise ProcessLookupError(pid) from None
 
 
+def started_at(pid: int) -> float:
+    """When process ``pid`` started, in seconds since the epoch; ``ProcessLookupError`` if gone."""
+    try:
+        return float(psutil.Process(pid).create_time())
+    except _GONE:
+        raise ProcessLookupError(pid) from None
+
+
+def same_process(pid: int, started: float) -> bool:
+    """True if ``pid`` runs and is the process that started at ``started`` (not a reused pid)."""
+    try:
+        return running(pid) and abs(started_at(pid) - started) < 0.01
+    except ProcessLookupError:
+        return False
+
+
 def cmdline(pid: int) -> list[str] | None:
     """The argv of ``pid``, or None if it is gone.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -71,6 +72,10 @@ QEMU_RULES = [
 START_TIMEOUT = 60.0
 #: The ``extra`` key of a VM record whose disk is an overlay on a saved boot's disk.
 SAVED_BOOT_KEY = "saved_boot"
+#: The ``extra`` key of a VM record while a quick start runs: [pid, start time] of the vmkit
+#: process doing it. If that process is gone and QEMU is not, the quick start was interrupted:
+#: the guest is paused, or runs with the saved boot's identity.
+RESUMING_KEY = "quick_start_by"
 
 log = logging.getLogger("vmkit")
 
@@ -151,7 +156,10 @@ class QemuProvider:
 
     def start(self, record: VMRecord, progress: Progress) -> None:
         if self._pid(record) is not None:
-            return
+            if not self._interrupted(record):
+                return
+            # Never usable: boot instead (this is no longer the VM's first start).
+            self.stop(record, timeout=0, force=True)
         f = record.files
         for stale in (f.qmp, f.pid):
             with contextlib.suppress(FileNotFoundError):
@@ -165,6 +173,7 @@ class QemuProvider:
         first_start = not record.extra.get("started")
         record.extra["started"] = True
         record.extra.pop(RESUMED_KEY, None)
+        record.extra.pop(RESUMING_KEY, None)
         if first_start and self._quick_start(record, binary, accel, aslr, progress):
             return
         self._launch(
@@ -267,9 +276,12 @@ class QemuProvider:
                 extra=extra,
             )
 
-        quickstart.prepare_disk(f.disk, saved, record.disk)
+        # Recorded first: a vmkit killed after the next step leaves a disk on the saved boot.
         record.extra[RESUMED_KEY] = saved.key
         record.extra[SAVED_BOOT_KEY] = str(saved.dir)
+        record.extra[RESUMING_KEY] = [os.getpid(), procs.started_at(os.getpid())]
+        state.save(record)
+        quickstart.prepare_disk(f.disk, saved, record.disk)
         try:
             self._launch(
                 record,
@@ -283,14 +295,17 @@ class QemuProvider:
             )
             with QMP.for_vm(record, timeout=60) as q:
                 quickstart.load(q, saved, f.serial_log, write_reseed)
+            record.extra.pop(RESUMING_KEY)
+            state.save(record)
         except VmkitError as e:
             if isinstance(e, QuickStartFailed):
                 quickstart.forget(saved, e.message)
             log.warning(f"quick start failed ({e.message}); booting the VM instead")
             self.stop(record, timeout=0, force=True)
-            record.extra.pop(RESUMED_KEY, None)
-            record.extra.pop(SAVED_BOOT_KEY, None)
             quickstart.prepare_disk(f.disk, box, record.disk)
+            for key in (RESUMED_KEY, SAVED_BOOT_KEY, RESUMING_KEY):
+                record.extra.pop(key, None)
+            state.save(record)
             return False
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -386,6 +401,15 @@ class QemuProvider:
                 VMState.BROKEN, "QEMU runs but its monitor does not answer", (e.message,), pid
             )
         run_state = str(qs.get("status", ""))
+        if RESUMING_KEY in record.extra:
+            if self._interrupted(record):
+                return Status(
+                    VMState.BROKEN,
+                    "its quick start was interrupted",
+                    ("`vmkit start` boots it instead; `vmkit destroy` removes it",),
+                    pid,
+                )
+            return Status(VMState.STARTING, "resuming from the box's saved boot", pid=pid)
         if run_state == "running":
             if not ask_guest:
                 return Status(VMState.STARTING, "running; the guest was not asked", pid=pid)
@@ -399,6 +423,13 @@ class QemuProvider:
         if run_state == "shutdown":
             return Status(VMState.STOPPING, run_state, pid=pid)
         return Status(VMState.BROKEN, f"QEMU reports {run_state}", (run_state,), pid)
+
+    def _interrupted(self, record: VMRecord) -> bool:
+        """A quick start began and the vmkit process doing it is gone."""
+        by = record.extra.get(RESUMING_KEY)
+        if not isinstance(by, list) or len(by) != 2:
+            return False
+        return not procs.same_process(int(by[0]), float(by[1]))
 
     def _pid(self, record: VMRecord) -> int | None:
         """QEMU's pid if the process named in the pid file is this VM's QEMU (whose command

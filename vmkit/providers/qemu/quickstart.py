@@ -197,12 +197,16 @@ def _make(
     launch: Launch,
 ) -> None:
     """Boot a throwaway VM of ``config``'s shape until dockerd answers and save it as ``saved``."""
-    work = saved.dir.with_name(f"{saved.key}.tmp{os.getpid()}")
+    # One maker at a time (the caller's lock); a maker killed before its clean-up left its QEMU.
+    work = saved.dir.with_name(f"{saved.key}.making")
+    pidfile = work / "qemu.pid"
+    stale = procs.read_pid(pidfile)
+    if stale is not None:
+        procs.terminate(stale, str(pidfile))
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(mode=0o700)
     # The monitor's unix socket path must stay short (108 bytes), unlike the box cache's.
     run_dir = Path(tempfile.mkdtemp(prefix="vmkit-saving-"))
-    pidfile = run_dir / "qemu.pid"
     try:
         client_key = run_dir / "client"
         keys.generate(client_key, "vmkit@saved-boot")
@@ -250,7 +254,8 @@ def _make(
         os.replace(work, saved.dir)
     finally:
         pid = procs.read_pid(pidfile)
-        procs.terminate(pid, str(pidfile)) if pid is not None else None
+        if pid is not None:
+            procs.terminate(pid, str(pidfile))
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
 
