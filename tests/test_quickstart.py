@@ -17,6 +17,7 @@ from tests.test_seed import debugfs
 from vmkit.errors import InvalidInput, QuickStartFailed, SSHError
 from vmkit.guest import clock, keys
 from vmkit.guest.seed import make_seed
+from vmkit.host.runner import run, which
 from vmkit.providers.qemu import quickstart
 from vmkit.providers.qemu.argv import build_argv
 
@@ -62,7 +63,7 @@ def _key(tmp_path: Path, **change: Any) -> str:
     )
     fields = {k: v for k, v in change.items() if k not in args}
     args.update({k: v for k, v in change.items() if k in args})
-    return quickstart.key(attrs.evolve(config(tmp_path), **fields), **args)
+    return quickstart.key(quickstart.shape(attrs.evolve(config(tmp_path), **fields), **args))
 
 
 def test_the_key_holds_what_the_guest_memory_depends_on(tmp_path: Path) -> None:
@@ -247,3 +248,54 @@ def test_the_clock_is_read_only_once_the_guest_is_ready() -> None:
 def test_a_clock_that_cannot_be_set_is_an_ssh_error(chan: FakeChannel) -> None:
     with pytest.raises(SSHError, match="clock"):
         clock.set_from_host(FakeSession(chan))  # type: ignore[arg-type]
+
+
+def _find_or_make(tmp_path: Path, launch: Any) -> quickstart.SavedBoot | None:
+    box_dir = tmp_path / "box"
+    box_dir.mkdir(exist_ok=True)
+    backing = box_dir / "disk.qcow2"
+    if not backing.exists():
+        run([which("qemu-img"), "create", "-q", "-f", "qcow2", str(backing), "1G"], timeout=30)
+    of: dict[str, object] = {"test": str(tmp_path)}
+    return quickstart.find_or_make(
+        box_dir, backing, config(tmp_path), of=of, disk_gib=1, binary="qemu-system-x86_64",
+        launch=launch, progress=lambda _m: None,
+    )  # fmt: skip
+
+
+def test_a_saved_boot_that_cannot_be_made_is_recorded_and_not_tried_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    launched: list[list[str]] = []
+
+    def qemu_refuses(argv: list[str]) -> None:
+        launched.append(argv)
+        raise QuickStartFailed("QEMU said no")
+
+    assert _find_or_make(tmp_path, qemu_refuses) is None
+    assert "could not save a boot for quick starts: QEMU said no" in caplog.text
+    root = quickstart.saved_boots_dir(tmp_path / "box")
+    assert oct(root.stat().st_mode & 0o777) == "0o700"
+    (failed,) = root.glob("*.failed")
+    assert failed.read_text() == "QEMU said no\n"
+    assert not list(root.glob("*.making")) and not list(root.glob("*/"))
+    # The throwaway VM's command line: its own disk on the box, its own seed.
+    argv = " ".join(launched[0])
+    assert "saved-boot" in argv and ".making/disk.qcow2" in argv
+    assert _find_or_make(tmp_path, qemu_refuses) is None
+    assert len(launched) == 1  # not tried again
+
+
+def test_a_saved_boot_that_exists_is_used_as_it_is(tmp_path: Path) -> None:
+    of: dict[str, object] = {"test": str(tmp_path)}
+    saved = quickstart.SavedBoot(quickstart.saved_boots_dir(tmp_path / "box") / quickstart.key(of))
+    saved.dir.mkdir(parents=True)
+    saved.state.write_bytes(b"QEVM")
+    saved.disk.write_bytes(b"QFI")
+
+    def never(argv: list[str]) -> None:
+        raise AssertionError("nothing is booted for a saved boot that exists")
+
+    assert _find_or_make(tmp_path, never) == saved
+    quickstart.forget(saved, "it did not load")
+    assert _find_or_make(tmp_path, never) is None

@@ -28,10 +28,10 @@ from vmkit.errors import (
 from vmkit.host import procs, signals
 from vmkit.host.arch import find_qemu, qemu_version_text
 from vmkit.host.netutil import free_port, read_banner
-from vmkit.host.runner import ErrorRule, Result, classify, run, spawn, which
+from vmkit.host.runner import ErrorRule, Result, classify, run, spawn
 from vmkit.progress import Progress
 from vmkit.providers.base import RESUMED_KEY, Capabilities, Status, VMState
-from vmkit.providers.qemu import quickstart
+from vmkit.providers.qemu import disks, quickstart
 from vmkit.providers.qemu.argv import QemuConfig, build_argv, parse_qemu_version, tcg_keeps_aslr
 from vmkit.providers.qemu.qmp import QMP, TCP_PORT_KEY, monitor_address
 
@@ -110,22 +110,7 @@ class QemuProvider:
 
         box = boxes.ensure(record.box, record.arch, progress=progress)
         progress("creating the VM's disk (a copy-on-write overlay on the box)")
-        run(
-            [
-                which("qemu-img"),
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-F",
-                "qcow2",
-                "-b",
-                str(box.disk),
-                str(record.files.disk),
-                f"{record.disk}G",
-            ],
-            timeout=60,
-        )
+        disks.overlay(record.files.disk, box.disk, record.disk)
         record.extra.update(
             box_disk_sha256=box.manifest["files"]["disk.qcow2"].get("sha256", ""),
             kernel=str(box.kernel),
@@ -245,13 +230,13 @@ class QemuProvider:
         if reason is not None:
             log.debug(f"no quick start for {record.name}: {reason}")
             return False
-        shape = self._config(record, 0, accel, aslr)
+        config = self._config(record, 0, accel, aslr)
         saved = quickstart.find_or_make(
             box.dir,
             box.disk,
-            shape,
-            key=quickstart.key(
-                shape,
+            config,
+            of=quickstart.shape(
+                config,
                 binary=binary,
                 qemu_version=qemu_version_text(binary),
                 box_disk_sha256=str(record.extra.get("box_disk_sha256", "")),
@@ -281,7 +266,7 @@ class QemuProvider:
         record.extra[SAVED_BOOT_KEY] = str(saved.dir)
         record.extra[RESUMING_KEY] = [os.getpid(), procs.started_at(os.getpid())]
         state.save(record)
-        quickstart.prepare_disk(f.disk, saved, record.disk)
+        disks.overlay(f.disk, saved.disk, record.disk)
         try:
             self._launch(
                 record,
@@ -302,7 +287,7 @@ class QemuProvider:
                 quickstart.forget(saved, e.message)
             log.warning(f"quick start failed ({e.message}); booting the VM instead")
             self.stop(record, timeout=0, force=True)
-            quickstart.prepare_disk(f.disk, box, record.disk)
+            disks.overlay(f.disk, box.disk, record.disk)
             for key in (RESUMED_KEY, SAVED_BOOT_KEY, RESUMING_KEY):
                 record.extra.pop(key, None)
             state.save(record)

@@ -27,7 +27,6 @@ A saved boot lives in the box's folder, so rebuilding the box removes it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -40,7 +39,6 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 import attrs
 from filelock import FileLock
@@ -51,8 +49,8 @@ from vmkit.guest.seed import make_seed
 from vmkit.guest.ssh import SSHSession
 from vmkit.host import procs
 from vmkit.host.netutil import free_port, read_banner
-from vmkit.host.runner import run, which
 from vmkit.progress import Progress
+from vmkit.providers.qemu import disks
 from vmkit.providers.qemu.argv import QemuConfig, build_argv
 from vmkit.providers.qemu.qmp import QMP
 from vmkit.state import SSHEndpoint
@@ -120,11 +118,11 @@ def why_not(
     return None
 
 
-def key(
+def shape(
     config: QemuConfig, *, binary: str, qemu_version: str, box_disk_sha256: str, disk_gib: int
-) -> str:
-    """The saved boot's key: everything the saved guest's memory depends on."""
-    shape = {
+) -> dict[str, object]:
+    """Everything a saved guest's memory depends on (what ``key`` hashes)."""
+    return {
         "format": FORMAT,
         "binary": str(Path(binary).resolve()),
         "qemu": qemu_version.strip(),
@@ -140,11 +138,15 @@ def key(
         "cmdline": config.cmdline,
         "host_os": config.host_os,
     }
-    digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
-    return digest[:16]
+
+
+def key(of: dict[str, object]) -> str:
+    """The saved boot's key (its folder's name): a digest of its ``shape``."""
+    return hashlib.sha256(json.dumps(of, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def saved_boots_dir(box_dir: Path) -> Path:
+    """Where a box's saved boots live: in its folder, so that rebuilding the box removes them."""
     return box_dir / "saved-boots"
 
 
@@ -153,27 +155,28 @@ def find_or_make(
     box_disk: Path,
     config: QemuConfig,
     *,
-    key: str,
+    of: dict[str, object],
     disk_gib: int,
     binary: str,
     launch: Launch,
     progress: Progress,
 ) -> SavedBoot | None:
-    """The saved boot for ``key``, made now if there is none; None if making it failed before
-    (the reason is in ``KEY.failed``, until the box is rebuilt)."""
+    """The saved boot of shape ``of``, made now if there is none; None if one could not be
+    made or resumed before (the reason is in ``KEY.failed``, until the box is rebuilt)."""
+    name = key(of)
     root = saved_boots_dir(box_dir)
     # A saved boot holds a guest's memory, with the throwaway host key it had.
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    saved = SavedBoot(root / key)
-    failed = root / f"{key}.failed"
-    with FileLock(str(root / f"{key}.lock")):
-        if saved.state.is_file() and saved.disk.is_file():
-            return saved
+    saved = SavedBoot(root / name)
+    failed = root / f"{name}.failed"
+    with FileLock(str(root / f"{name}.lock")):
         if failed.exists():
             return None
+        if saved.state.is_file() and saved.disk.is_file():
+            return saved
         progress("saving a booted VM of this box for quick starts (once per box and VM size)")
         try:
-            _make(saved, box_disk, config, disk_gib=disk_gib, binary=binary, launch=launch)
+            _make(saved, box_disk, config, of, disk_gib=disk_gib, binary=binary, launch=launch)
         except VmkitError as e:
             failed.write_text(f"{e.message}\n", encoding="utf-8")
             log.warning(f"could not save a boot for quick starts: {e.message}; booting instead")
@@ -191,6 +194,7 @@ def _make(
     saved: SavedBoot,
     box_disk: Path,
     config: QemuConfig,
+    of: dict[str, object],
     *,
     disk_gib: int,
     binary: str,
@@ -217,7 +221,7 @@ def _make(
             host_key=run_dir / "host",
             hostname="vmkit",
         )
-        _overlay(work / "disk.qcow2", box_disk, disk_gib)
+        disks.overlay(work / "disk.qcow2", box_disk, disk_gib)
         port = free_port()
         throwaway = attrs.evolve(
             config,
@@ -243,14 +247,14 @@ def _make(
             target = work / "state"
             target.touch(mode=0o600)
             q.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(target))}"})
-            _wait_migration(q, pidfile)
+            _wait_migration(q)
             q.execute("quit")
         pid = procs.read_pid(pidfile)
         if pid is not None:
             procs.wait_gone(pid, 10)
-        (work / "meta.json").write_text(
-            json.dumps({"made": time.time(), "config": str(config)}, indent=2), encoding="utf-8"
-        )
+        pidfile.unlink(missing_ok=True)
+        meta = {"made": time.time(), "shape": of}
+        (work / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         os.replace(work, saved.dir)
     finally:
         pid = procs.read_pid(pidfile)
@@ -258,27 +262,6 @@ def _make(
             procs.terminate(pid, str(pidfile))
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _overlay(path: Path, backing: Path, disk_gib: int) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    run(
-        [
-            which("qemu-img"),
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "qcow2",
-            "-b",
-            str(backing),
-            str(path),
-            f"{disk_gib}G",
-        ],
-        timeout=60,
-    )
 
 
 def _wait_docker(endpoint: SSHEndpoint, pidfile: Path, serial_log: Path) -> None:
@@ -308,7 +291,7 @@ def _wait_docker(endpoint: SSHEndpoint, pidfile: Path, serial_log: Path) -> None
     raise QuickStartFailed(f"the VM booted to be saved had no dockerd after {MAKE_TIMEOUT:.0f} s")
 
 
-def _wait_migration(q: QMP, pidfile: Path) -> None:
+def _wait_migration(q: QMP) -> None:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         status = q.execute("query-migrate")
@@ -320,16 +303,6 @@ def _wait_migration(q: QMP, pidfile: Path) -> None:
             )
         time.sleep(0.1)
     raise QuickStartFailed("QEMU did not finish saving the VM in 300 s")
-
-
-class HasDisk(Protocol):
-    @property
-    def disk(self) -> Path: ...
-
-
-def prepare_disk(disk: Path, base: HasDisk, disk_gib: int) -> None:
-    """Make the VM's unused disk an overlay on ``base``'s disk (a saved boot's, or the box's)."""
-    _overlay(disk, base.disk, disk_gib)
 
 
 def load(
