@@ -290,6 +290,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name, contextlib.ExitStack() as stack:
         tmp = Path(tmp_name)
         os.environ["VMKIT_HOME"] = str(tmp / "home")
+        # A box cache of its own with the built box linked into it: the saved boot that quick
+        # starts resume is made from scratch by the first `vmkit up` below, and timed.
+        linked = tmp / "cache" / "boxes" / box.name / box.arch
+        linked.mkdir(parents=True)
+        for f in box.dir.iterdir():
+            if f.is_file():
+                (linked / f.name).symlink_to(f)
+        os.environ["VMKIT_CACHE"] = str(tmp / "cache")
         work = tmp / "bare"
         work.mkdir()
         # The accelerator decision `vmkit up` makes, from scratch and from its cache.
@@ -306,11 +314,11 @@ def main() -> None:
         )
         # The saved boot quick starts resume: made once per box and VM shape, by the first
         # `vmkit up` (this one also resumes from it once made).
-        started = now()
         first = vmkit_boot("bench-first", quick_start=True)
         print(
-            f"first vmkit up of this box (saves its boot, then resumes): {now() - started:.1f} s "
-            f"in all, docker version answered at {first.docker or 0:.1f} s",
+            f"first vmkit up of this box and size (boots and saves a VM, then resumes from it): "
+            f"returned in {first.up or 0:.1f} s, docker version answered at "
+            f"{first.docker or 0:.1f} s",
             flush=True,
         )
         vagrant_up = None if args.no_vagrant else stack.enter_context(vagrant_env(tmp))
